@@ -1,0 +1,24 @@
+"""The hypermesh package installs as a typed distribution of its own.
+
+Nothing functional lives in hypermesh yet (see its README); these tests pin what it does promise:
+that it installs, reports its version, and ships its type information.
+"""
+
+from importlib.metadata import distribution
+from importlib.resources import files
+
+import hypermesh
+
+
+def test_version_matches_distribution_metadata() -> None:
+    assert hypermesh.__version__ == distribution("hypermesh").version
+
+
+def test_ships_py_typed_marker() -> None:
+    assert files("hypermesh").joinpath("py.typed").is_file()
+
+
+def test_declares_its_lower_layers_as_dependencies() -> None:
+    requires = distribution("hypermesh").requires or []
+    names = {r.split(">")[0].split("<")[0].split("=")[0].strip() for r in requires}
+    assert {"hypermesh-interfaces", "trustchain"} <= names

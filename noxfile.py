@@ -1,0 +1,105 @@
+"""The one entry point for everything: tests, lint, typecheck, demo, bench, interop.
+
+Every session builds its own virtualenv and installs the local packages into it, so a fresh
+machine needs only Python 3.11 and ``pip install nox``. See README.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+# Install order follows the dependency arrows: interfaces <- trustchain <- stoq <- hypermesh.
+INTERFACES = "./shared/interfaces"
+TRUSTCHAIN = "./trustchain"
+STOQ = "./stoq"
+HYPERMESH = "./hypermesh"
+SOURCES = ["shared/interfaces/src", "trustchain/src", "stoq/src", "hypermesh/src"]
+
+TEST_DEPS = [
+    "pytest>=8.3",
+    "hypothesis>=6.100",
+    # Optional backends are installed so their tests run instead of skipping.
+    "py-fn-dsa>=0.2",
+    # The interfaces tests regenerate the protobuf modules to prove the committed ones current.
+    "grpcio-tools==1.85.*",
+    "mypy-protobuf==5.1.*",
+]
+LINT_DEPS = ["ruff==0.17.*"]
+TYPECHECK_DEPS = ["mypy==2.4.*", "types-protobuf", "grpc-stubs", "pytest>=8.3", "hypothesis"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Everything CI runs. Layer by layer: each package's tests run with only it and what it
+    depends on installed (real wheels, not editable installs), which proves that
+    ``pip install ./trustchain`` (with ./shared/interfaces) works on its own."""
+    session.install(*TEST_DEPS)
+    pytest_args = ["-m", "not interop", *session.posargs]
+
+    session.install(INTERFACES, TRUSTCHAIN)
+    session.run("pytest", "shared/interfaces/tests", "trustchain/tests", *pytest_args)
+
+    session.install(STOQ)
+    session.run("pytest", "stoq/tests", *pytest_args)
+
+    session.install(HYPERMESH)
+    session.run("pytest", "hypermesh/tests", "shared/integration/tests", *pytest_args)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install(*LINT_DEPS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on every package's src/."""
+    session.install(*TYPECHECK_DEPS, "py-fn-dsa>=0.2")
+    session.install("-e", INTERFACES, "-e", TRUSTCHAIN, "-e", STOQ, "-e", HYPERMESH)
+    session.run("mypy", *SOURCES)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main job. Until the node daemon exists: a tour of TrustChain's security layer."""
+    session.install(INTERFACES, TRUSTCHAIN)
+    session.run("python", "-m", "trustchain.demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, each side by side with the raw library in the same run.
+
+    Writes the results into BENCHMARKS.md (between the markers of each subject)."""
+    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN)
+    session.run("python", "benchmarks/crypto.py", "--update", "BENCHMARKS.md", *session.posargs)
+
+
+@nox.session
+def interop(session: nox.Session) -> None:
+    """Heavier tests against third-party peers (tests marked ``interop``)."""
+    session.install(*TEST_DEPS)
+    session.install(INTERFACES, TRUSTCHAIN, STOQ, HYPERMESH)
+    tests = ["shared/interfaces/tests", "trustchain/tests", "stoq/tests", "hypermesh/tests"]
+    # pytest exits 5 when it collects nothing; until a later issue adds interop tests that is
+    # the expected outcome, and the session says so rather than failing.
+    session.run(
+        "pytest", *tests, "shared/integration/tests", "-m", "interop", *session.posargs,
+        success_codes=[0, 5],
+    )
+
+
+@nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate the committed protobuf/gRPC modules of shared/interfaces."""
+    session.install("grpcio-tools==1.85.*", "mypy-protobuf==5.1.*")
+    session.run("python", "shared/interfaces/tools/generate.py", *session.posargs)
