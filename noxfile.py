@@ -93,7 +93,12 @@ def interop(session: nox.Session) -> None:
     # pytest exits 5 when it collects nothing; until a later issue adds interop tests that is
     # the expected outcome, and the session says so rather than failing.
     session.run(
-        "pytest", *tests, "shared/integration/tests", "-m", "interop", *session.posargs,
+        "pytest",
+        *tests,
+        "shared/integration/tests",
+        "-m",
+        "interop",
+        *session.posargs,
         success_codes=[0, 5],
     )
 
