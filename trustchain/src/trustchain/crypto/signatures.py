@@ -265,10 +265,12 @@ class VerifyKey:
             if not _verifies(component, public_raw, signature_raw, represented)
         ]
         if failed:
-            raise InvalidSignature(
-                f"{self.algorithm.label} signature: {' and '.join(failed)} component "
-                "does not verify"
+            which = (
+                f"the {failed[0]} component does not verify"
+                if len(failed) == 1
+                else f"neither the {failed[0]} nor the {failed[1]} component verifies"
             )
+            raise InvalidSignature(f"{self.algorithm.label} signature: {which}")
 
     def to_bytes(self) -> bytes:
         """The ``SIGNING_PUBLIC_KEY`` envelope."""
