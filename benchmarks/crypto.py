@@ -352,6 +352,14 @@ def bench_handshake(seconds: float, repeats: int) -> Table:
         rate(lambda: _tls_handshake(server_ctx, client_ctx), seconds, repeats),
     )
 
+    return table
+
+
+def bench_channel(seconds: float, repeats: int) -> Table:
+    table = Table("Channel records (seal on one side, open on the other)", "MB/s", "raw AES-GCM")
+    print(table.title)
+    alice = SigningKey.generate()
+    bob = SigningKey.generate()
     initiator = Initiator(alice, expected_peer=bob.public_key())
     responder = Responder(bob)
     m2 = responder.receive(initiator.start())
@@ -364,16 +372,17 @@ def bench_handshake(seconds: float, repeats: int) -> Table:
         mb = size / 1e6
         nonces = itertools.count()
 
-        def raw_seal(d: bytes = data, counter: Iterator[int] = nonces) -> None:
-            raw.encrypt(next(counter).to_bytes(12, "big"), d, None)
+        def raw_round_trip(d: bytes = data, counter: Iterator[int] = nonces) -> None:
+            nonce = next(counter).to_bytes(12, "big")
+            raw.decrypt(nonce, raw.encrypt(nonce, d, None), None)
 
         def round_trip(d: bytes = data) -> None:
             receiver.open(sender.seal(d))
 
         table.add(
-            f"channel seal+open {size // 1024} KiB, MB/s (vs raw AES-GCM encrypt only)",
+            f"{size // 1024} KiB records (vs AESGCM encrypt+decrypt, no framing or replay window)",
             rate(round_trip, seconds, repeats) * mb,
-            rate(raw_seal, seconds, repeats) * mb,
+            rate(raw_round_trip, seconds, repeats) * mb,
         )
     return table
 
@@ -418,6 +427,7 @@ def main() -> int:
         bench_kem(args.seconds, args.repeats),
         bench_aead(args.seconds, args.repeats),
         bench_handshake(args.seconds, args.repeats),
+        bench_channel(args.seconds, args.repeats),
     ]
     command = "python3 -m nox -s bench"
     header = (
