@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from trustchain.crypto import keystore
-from trustchain.crypto.algorithms import KemAlgorithm, SignatureAlgorithm, from_name
+from trustchain.crypto.algorithms import KemAlgorithm, SignatureAlgorithm
 from trustchain.crypto.keystore import DetachedSignature, KeyInfo, KeyStore, Protection
 from trustchain.crypto.signatures import VerifyKey
 from trustchain.errors import (
@@ -293,15 +293,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _algorithm(text: str) -> SignatureAlgorithm | KemAlgorithm:
-    try:
-        return from_name(SignatureAlgorithm, text)
-    except UnknownAlgorithm:
-        pass
-    try:
-        return from_name(KemAlgorithm, text)
-    except UnknownAlgorithm:
-        known = ", ".join(a.label for a in _ALGORITHMS)
-        raise argparse.ArgumentTypeError(f"unknown algorithm {text!r}; known: {known}") from None
+    for algorithm in _ALGORITHMS:
+        if algorithm.label == text:
+            return algorithm
+    known = ", ".join(a.label for a in _ALGORITHMS)
+    raise argparse.ArgumentTypeError(f"unknown algorithm {text!r}; known: {known}")
 
 
 def _positive_int(text: str) -> int:
