@@ -751,3 +751,89 @@ def test_liboqs_backend_interoperates_with_pqclean() -> None:
     assert liboqs.verify(other.public_key().raw, MESSAGE, other.sign(MESSAGE).raw)
     reloaded = SigningKey.from_bytes(other.to_bytes(), falcon_backend="liboqs")
     other.public_key().verify(reloaded.sign(b"via liboqs"), b"via liboqs")
+
+
+# --- hybrid component keys (SigningKey.components / VerifyKey.components) --------------------
+
+
+def test_hybrid_components_are_the_stand_alone_keys() -> None:
+    key = signing_keys(HYBRID)[0]
+    ed25519_key, falcon_key = key.components()
+    assert (ed25519_key.algorithm, falcon_key.algorithm) == (ED25519, FALCON)
+    ed25519_public, falcon_public = key.public_key().components()
+    assert ed25519_key.public_key() == ed25519_public
+    assert falcon_key.public_key() == falcon_public
+    # The hybrid body is exactly the two component envelopes.
+    assert key.public_key().raw == ed25519_public.to_bytes() + falcon_public.to_bytes()
+    _, private_body = encoding.decode(key.to_bytes(), Kind.SIGNING_PRIVATE_KEY)
+    assert private_body == ed25519_key.to_bytes() + falcon_key.to_bytes()
+
+
+@SIGNING
+@given(message=st.binary(max_size=256))
+def test_hybrid_components_sign_the_message_as_is(message: bytes) -> None:
+    key = signing_keys(HYBRID)[0]
+    ed25519_public, falcon_public = key.public_key().components()
+    for component, public in zip(key.components(), (ed25519_public, falcon_public), strict=True):
+        signature = component.sign(message)
+        public.verify(signature, message)
+        # No HYBRID_DOMAIN: the component signature is not one over the hybrid representative.
+        with pytest.raises(InvalidSignature):
+            public.verify(signature, HYBRID_DOMAIN + message)
+    # Component signatures put together are not a hybrid signature of the message.
+    ed25519_key, falcon_key = key.components()
+    glued = Signature(
+        HYBRID, ed25519_key.sign(message).to_bytes() + falcon_key.sign(message).to_bytes()
+    )
+    with pytest.raises(InvalidSignature, match="neither"):
+        key.public_key().verify(glued, message)
+
+
+def test_hybrid_from_components_round_trips() -> None:
+    key = signing_keys(HYBRID)[0]
+    rebuilt = SigningKey.from_components(*key.components())
+    assert rebuilt.algorithm is HYBRID
+    assert rebuilt.to_bytes() == key.to_bytes()
+    assert rebuilt.public_key() == key.public_key()
+    key.public_key().verify(rebuilt.sign(MESSAGE), MESSAGE)
+    assert VerifyKey.from_components(*key.public_key().components()) == key.public_key()
+
+
+def test_hybrid_from_components_of_different_keys() -> None:
+    first, second = signing_keys(HYBRID)
+    mixed = SigningKey.from_components(first.components()[0], second.components()[1])
+    public = VerifyKey.from_components(
+        first.public_key().components()[0], second.public_key().components()[1]
+    )
+    assert mixed.public_key() == public
+    public.verify(mixed.sign(MESSAGE), MESSAGE)
+    with pytest.raises(InvalidSignature, match="falcon-1024 component"):
+        public.verify(first.sign(MESSAGE), MESSAGE)
+
+
+@pytest.mark.parametrize("algorithm", [ED25519, FALCON])
+def test_components_of_a_single_algorithm_key(algorithm: SignatureAlgorithm) -> None:
+    key = signing_keys(algorithm)[0]
+    with pytest.raises(AlgorithmMismatch, match="no components"):
+        key.components()
+    with pytest.raises(AlgorithmMismatch, match="no components"):
+        key.public_key().components()
+
+
+def test_from_components_checks_algorithms_and_order() -> None:
+    ed25519_key, falcon_key = signing_keys(HYBRID)[0].components()
+    ed25519_public, falcon_public = ed25519_key.public_key(), falcon_key.public_key()
+    hybrid_key = signing_keys(HYBRID)[1]
+    for first, second in [
+        (falcon_key, ed25519_key),
+        (ed25519_key, ed25519_key),
+        (hybrid_key, falcon_key),
+    ]:
+        with pytest.raises(AlgorithmMismatch, match="hybrid component"):
+            SigningKey.from_components(first, second)
+    for first_public, second_public in [
+        (falcon_public, ed25519_public),
+        (ed25519_public, hybrid_key.public_key()),
+    ]:
+        with pytest.raises(AlgorithmMismatch, match="hybrid component"):
+            VerifyKey.from_components(first_public, second_public)

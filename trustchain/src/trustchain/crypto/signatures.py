@@ -47,7 +47,21 @@ per-algorithm label signed by every component), the domain string means a compon
 stripped out of a hybrid and passed off as a stand-alone Ed25519 or Falcon-1024 signature of
 ``message``: stand-alone signatures sign ``message`` as is (so the NIST KAT verifies through
 :meth:`VerifyKey.verify`), and a stripped component verifies only for the different message
-``HYBRID_DOMAIN || message``. The component keys of a hybrid are never used on their own.
+``HYBRID_DOMAIN || message``.
+
+Component keys
+==============
+
+``SigningKey.components()`` / ``VerifyKey.components()`` give a hybrid's Ed25519 and
+Falcon-1024 keys as stand-alone keys (``from_components`` is the inverse). TrustChain uses them
+on their own in exactly one place: hybrid X.509 certificates and CRLs
+(:mod:`trustchain.ca.hybrid`), where the Ed25519 component signs the DER ``TBSCertificate`` /
+``TBSCertList`` and the Falcon-1024 component the DER preTBS structure (ITU-T X.509 10/2019
+§7.2.2). Those messages are DER SEQUENCEs, so they begin with the byte ``0x30``, while every
+hybrid message representative begins with ``HYBRID_DOMAIN``'s ``b"T"`` (``0x54``): a hybrid
+component signature is never a valid certificate signature, nor the other way round. Any
+further stand-alone use of a component must likewise sign messages that cannot begin with
+``HYBRID_DOMAIN``.
 
 Errors
 ======
@@ -292,6 +306,37 @@ class VerifyKey:
         """SHA-256 of :meth:`to_bytes` (32 bytes)."""
         return hashlib.sha256(self.to_bytes()).digest()
 
+    def components(self) -> tuple[VerifyKey, VerifyKey]:
+        """A hybrid key's component keys: ``(Ed25519 key, Falcon-1024 key)``.
+
+        Each component verifies stand-alone signatures (over the message as is, no
+        ``HYBRID_DOMAIN``); see "Component keys" in the module docs.
+        :class:`AlgorithmMismatch` for a key that is not a hybrid.
+        """
+        if self.algorithm is not SignatureAlgorithm.HYBRID_ED25519_FALCON_1024:
+            raise AlgorithmMismatch(f"{self.algorithm.label} key has no components")
+        ed25519_raw, falcon_raw = _split_hybrid(self.raw, Kind.SIGNING_PUBLIC_KEY)
+        return (
+            VerifyKey(SignatureAlgorithm.ED25519, ed25519_raw),
+            VerifyKey(SignatureAlgorithm.FALCON_1024, falcon_raw),
+        )
+
+    @classmethod
+    def from_components(cls, ed25519: VerifyKey, falcon_1024: VerifyKey) -> VerifyKey:
+        """The hybrid key made of an Ed25519 key and a Falcon-1024 key (inverse of
+        :meth:`components`); :class:`AlgorithmMismatch` if either has another algorithm."""
+        _check_components(ed25519.algorithm, falcon_1024.algorithm)
+        return cls(
+            SignatureAlgorithm.HYBRID_ED25519_FALCON_1024,
+            ed25519.to_bytes() + falcon_1024.to_bytes(),
+        )
+
+
+def _check_components(ed25519: SignatureAlgorithm, falcon_1024: SignatureAlgorithm) -> None:
+    for given, expected in zip((ed25519, falcon_1024), HYBRID_COMPONENTS, strict=True):
+        if given is not expected:
+            raise AlgorithmMismatch(f"hybrid component must be {expected.label}, got {given.label}")
+
 
 # --- private keys -----------------------------------------------------------------------------
 
@@ -366,6 +411,9 @@ class _HybridSigner:
     def private_body(self) -> bytes:
         return self._ed25519.to_bytes() + self._falcon.to_bytes()
 
+    def components(self) -> tuple[SigningKey, SigningKey]:
+        return self._ed25519, self._falcon
+
 
 class SigningKey:
     """A private signature key. SECRET: never log :meth:`to_bytes`.
@@ -429,6 +477,27 @@ class SigningKey:
     def public_key(self) -> VerifyKey:
         """The matching public key."""
         return self._public
+
+    def components(self) -> tuple[SigningKey, SigningKey]:
+        """A hybrid key's component keys: ``(Ed25519 key, Falcon-1024 key)``. SECRET.
+
+        Each component signs stand-alone (the message as is, no ``HYBRID_DOMAIN``); see
+        "Component keys" in the module docs. :class:`AlgorithmMismatch` for a key that is
+        not a hybrid.
+        """
+        signer = self._signer
+        if not isinstance(signer, _HybridSigner):
+            raise AlgorithmMismatch(f"{self.algorithm.label} key has no components")
+        return signer.components()
+
+    @classmethod
+    def from_components(cls, ed25519: SigningKey, falcon_1024: SigningKey) -> SigningKey:
+        """The hybrid key made of an Ed25519 key and a Falcon-1024 key (inverse of
+        :meth:`components`); :class:`AlgorithmMismatch` if either has another algorithm."""
+        _check_components(ed25519.algorithm, falcon_1024.algorithm)
+        return cls(
+            SignatureAlgorithm.HYBRID_ED25519_FALCON_1024, _HybridSigner(ed25519, falcon_1024)
+        )
 
     def sign(self, message: bytes) -> Signature:
         """Sign ``message`` (a hybrid signs ``HYBRID_DOMAIN || message`` with both components)."""
