@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import trustchain
-from trustchain import cli
+from trustchain import cli_common
 from trustchain.cli import ENV_HOME, ENV_PASSPHRASE, main
 from trustchain.crypto.keystore import (
     DB_FILENAME,
@@ -392,7 +392,7 @@ def test_interactive_prompt(
         prompts.append(prompt)
         return answers.pop(0)
 
-    monkeypatch.setattr(cli, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli_common, "stdin_is_tty", lambda: True)
     monkeypatch.setattr(getpass, "getpass", fake_getpass)
     generate = ("--home", home, "keys", "generate", "k", "--algorithm", "ed25519")
 

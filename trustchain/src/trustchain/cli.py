@@ -32,21 +32,28 @@ line on stderr, no traceback), 2 for usage errors.
 from __future__ import annotations
 
 import argparse
-import base64
-import getpass
-import os
-import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from datetime import UTC, timedelta
-from pathlib import Path
-from typing import BinaryIO
 
-from trustchain.crypto import keystore
+from trustchain.ca.commands import add_ca_commands
+from trustchain.ca.verify_command import add_verify_command
+from trustchain.cli_common import (
+    DEFAULT_HOME,
+    ENV_HOME,
+    ENV_PASSPHRASE,
+    PROG,
+    armor,
+    note,
+    open_store,
+    read_input,
+    write_binary,
+)
 from trustchain.crypto.algorithms import KemAlgorithm, SignatureAlgorithm
-from trustchain.crypto.keystore import DetachedSignature, KeyInfo, KeyStore, Protection
+from trustchain.crypto.keystore import DetachedSignature, KeyInfo
 from trustchain.crypto.signatures import VerifyKey
+from trustchain.ct.commands import add_ct_commands
 from trustchain.errors import (
+    CaError,
     InvalidSignature,
     KeyExists,
     KeyNotFound,
@@ -54,16 +61,14 @@ from trustchain.errors import (
     KeyRevoked,
     KeyStoreCorrupted,
     KeyStoreError,
+    LogError,
     MalformedData,
+    ProofError,
     TrustChainError,
+    TrustStoreError,
     UnknownAlgorithm,
     WrongPassphrase,
 )
-
-PROG = "trustchain"
-ENV_HOME = "TRUSTCHAIN_HOME"
-ENV_PASSPHRASE = "TRUSTCHAIN_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
-DEFAULT_HOME = "~/.trustchain"
 
 _ALGORITHMS: tuple[SignatureAlgorithm | KemAlgorithm, ...] = (*SignatureAlgorithm, *KemAlgorithm)
 
@@ -79,97 +84,11 @@ _CATEGORIES: tuple[tuple[type[TrustChainError], str], ...] = (
     (UnknownAlgorithm, "unknown algorithm"),
     (MalformedData, "malformed data"),
     (KeyStoreError, "key store"),
+    (CaError, "certificate authority"),
+    (TrustStoreError, "trust store"),
+    (ProofError, "proof"),
+    (LogError, "transparency log"),
 )
-
-
-class CliError(TrustChainError):
-    """A failure specific to the command line (e.g. refusing to write binary to a terminal)."""
-
-
-# --- passphrase and store ---------------------------------------------------------------------
-
-
-def _home(args: argparse.Namespace) -> Path:
-    home = args.home or os.environ.get(ENV_HOME) or DEFAULT_HOME
-    return Path(home).expanduser()
-
-
-def _stdin_is_tty() -> bool:
-    stream = sys.stdin
-    return stream is not None and stream.isatty()
-
-
-def _explicit_passphrase(args: argparse.Namespace) -> bytes | None:
-    """The passphrase from ``--passphrase-file`` or the environment, if given."""
-    if args.passphrase_file is not None:
-        data = Path(args.passphrase_file).read_bytes()
-        if data.endswith(b"\r\n"):
-            data = data[:-2]
-        elif data.endswith(b"\n"):
-            data = data[:-1]
-        if not data:
-            raise CliError(f"passphrase file {args.passphrase_file} is empty")
-        return data
-    env = os.environ.get(ENV_PASSPHRASE)
-    if env is not None:
-        if not env:
-            raise CliError(f"${ENV_PASSPHRASE} is set but empty")
-        return os.fsencode(env)
-    return None
-
-
-def _prompt(home: Path, *, confirm: bool) -> bytes:
-    first = getpass.getpass(f"Passphrase for the key store in {home}: ")
-    if not first:
-        raise CliError("empty passphrase")
-    if confirm and getpass.getpass("Repeat the passphrase: ") != first:
-        raise CliError("the passphrases do not match")
-    return first.encode()
-
-
-def _open_store(args: argparse.Namespace, *, private: bool, create: bool = False) -> KeyStore:
-    """Open the store for a command; ``private``: the command needs private keys."""
-    home = _home(args)
-    protection = KeyStore.protection_of(home)
-    passphrase = _explicit_passphrase(args)
-    if passphrase is None and _stdin_is_tty():
-        if protection is None and create:
-            passphrase = _prompt(home, confirm=True)
-        elif protection is Protection.PASSPHRASE and private:
-            passphrase = _prompt(home, confirm=False)
-    store = KeyStore.open(home, passphrase=passphrase, create=create)
-    if protection is None and store.protection is Protection.KEYFILE:
-        _note(
-            f"created a key store in {home} protected by the key file "
-            f"{home / keystore.KEYFILE_FILENAME}; it protects copies of the database alone, "
-            f"not anyone who can read that directory (set ${ENV_PASSPHRASE} or use "
-            "--passphrase-file for passphrase protection)"
-        )
-    return store
-
-
-# --- output helpers ---------------------------------------------------------------------------
-
-
-def _note(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr)
-
-
-def _write_binary(data: bytes, out: str | None, what: str) -> None:
-    if out is not None and out != "-":
-        Path(out).write_bytes(data)
-        return
-    stream: BinaryIO = sys.stdout.buffer
-    if sys.stdout.isatty():
-        raise CliError(f"refusing to write a binary {what} to a terminal; redirect or use --out")
-    stream.write(data)
-    stream.flush()
-
-
-def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    return Path(path).read_bytes()
 
 
 def _when(info: KeyInfo) -> str:
@@ -182,16 +101,11 @@ def _status(info: KeyInfo) -> str:
     return str(info.status)
 
 
-def _armor(data: bytes, label: str) -> bytes:
-    body = textwrap.fill(base64.b64encode(data).decode("ascii"), 64)
-    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n".encode("ascii")
-
-
 # --- commands ---------------------------------------------------------------------------------
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    with _open_store(args, private=True, create=True) as store:
+    with open_store(args, private=True, create=True) as store:
         info = store.generate(args.name, args.algorithm)
     print(f"generated {info.label}")
     print(f"  algorithm: {info.algorithm} ({info.kind})")
@@ -200,7 +114,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _open_store(args, private=False) as store:
+    with open_store(args, private=False) as store:
         infos = store.list()
         view = "" if store.unlocked else ", public view"
         print(f"key store {store.home} (protection: {store.protection}{view})")
@@ -219,7 +133,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    with _open_store(args, private=True) as store:
+    with open_store(args, private=True) as store:
         info = store.rotate(args.name)
     print(f"rotated {args.name}: {info.label} is active (key id {info.key_id_hex})")
     if info.version > 1:
@@ -229,7 +143,7 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
 
 def _cmd_rotate_due(args: argparse.Namespace) -> int:
     max_age = timedelta(days=args.max_age_days)
-    with _open_store(args, private=not args.dry_run) as store:
+    with open_store(args, private=not args.dry_run) as store:
         due = store.due_for_rotation(max_age)
         if args.dry_run:
             for info in due:
@@ -244,46 +158,46 @@ def _cmd_rotate_due(args: argparse.Namespace) -> int:
 
 
 def _cmd_retire(args: argparse.Namespace) -> int:
-    with _open_store(args, private=True) as store:
+    with open_store(args, private=True) as store:
         info = store.retire(args.name, args.version)
     print(f"retired {info.label}")
     return 0
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    with _open_store(args, private=True) as store:
+    with open_store(args, private=True) as store:
         info = store.revoke(args.name, args.version, args.reason)
     print(f"revoked {info.label}: {info.reason}")
     return 0
 
 
 def _cmd_export_public(args: argparse.Namespace) -> int:
-    with _open_store(args, private=False) as store:
+    with open_store(args, private=False) as store:
         public = store.public_key(args.name, args.version)
     data = public.to_bytes()
     if args.armor:
         kind = "SIGNING" if isinstance(public, VerifyKey) else "KEM"
-        data = _armor(data, f"TRUSTCHAIN {kind} PUBLIC KEY")
-    _write_binary(data, args.out, "public key")
+        data = armor(data, f"TRUSTCHAIN {kind} PUBLIC KEY")
+    write_binary(data, args.out, "public key")
     return 0
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    message = _read_input(args.file)
-    with _open_store(args, private=True) as store:
+    message = read_input(args.file)
+    with open_store(args, private=True) as store:
         detached = store.sign(args.name, message)
-    _write_binary(detached.to_bytes(), args.out, "signature")
+    write_binary(detached.to_bytes(), args.out, "signature")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    raw = _read_input(args.signature)
+    raw = read_input(args.signature)
     try:
         detached = DetachedSignature.from_bytes(raw)
     except MalformedData as exc:
         raise MalformedData(f"signature file {args.signature} is malformed: {exc}") from exc
-    message = _read_input(args.file)
-    with _open_store(args, private=False) as store:
+    message = read_input(args.file)
+    with open_store(args, private=False) as store:
         info = store.verify(args.name, message, detached)
     print(f"valid: {info.label} (key id {info.key_id_hex})")
     return 0
@@ -382,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("file", metavar="FILE", help="signed file ('-' for stdin)")
     p.add_argument("signature", metavar="SIG", help="detached signature file")
+
+    ca_actions = add_ca_commands(commands)
+    add_verify_command(ca_actions)
+    add_ct_commands(commands)
     return parser
 
 
@@ -403,12 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except TrustChainError as exc:
-        _note(_describe(exc))
+        note(_describe(exc))
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
-        _note(f"error:{where}: {exc.strerror or exc}")
+        note(f"error:{where}: {exc.strerror or exc}")
     except KeyboardInterrupt:
-        _note("interrupted")
+        note("interrupted")
         return 130
     return 1
 
