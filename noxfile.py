@@ -6,6 +6,7 @@ machine needs only Python 3.11 and ``pip install nox``. See README.md.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -29,7 +30,11 @@ TEST_DEPS = [
     # The interfaces tests regenerate the protobuf modules to prove the committed ones current.
     "grpcio-tools==1.85.*",
     "mypy-protobuf==5.1.*",
+    # A real QUIC/TLS peer for the certificate tests in shared/integration.
+    "aioquic==1.7.*",
 ]
+#: Debian packages the tests use as real peers (command -> package).
+DEBIAN_PEERS = {"openssl": "openssl"}
 LINT_DEPS = ["ruff==0.17.*"]
 TYPECHECK_DEPS = ["mypy==2.4.*", "types-protobuf", "grpc-stubs", "pytest>=8.3", "hypothesis"]
 
@@ -39,6 +44,7 @@ def tests(session: nox.Session) -> None:
     """Everything CI runs. Layer by layer: each package's tests run with only it and what it
     depends on installed (real wheels, not editable installs), which proves that
     ``pip install ./trustchain`` (with ./shared/interfaces) works on its own."""
+    install_debian_peers(session)
     session.install(*TEST_DEPS)
     pytest_args = ["-m", "not interop", *session.posargs]
 
@@ -50,6 +56,14 @@ def tests(session: nox.Session) -> None:
 
     session.install(HYPERMESH)
     session.run("pytest", "hypermesh/tests", "shared/integration/tests", *pytest_args)
+
+
+def install_debian_peers(session: nox.Session) -> None:
+    """apt-get install the Debian peers the tests talk to, when they are missing."""
+    missing = sorted({pkg for cmd, pkg in DEBIAN_PEERS.items() if shutil.which(cmd) is None})
+    if missing:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run("apt-get", "install", "-y", "-q", *missing, external=True)
 
 
 @nox.session
@@ -77,11 +91,13 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks, each side by side with the raw library in the same run.
+    """Benchmarks, each side by side with a peer in the same run.
 
-    Writes the results into BENCHMARKS.md (between the markers of each subject)."""
+    Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
     session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN)
-    session.run("python", "benchmarks/crypto.py", "--update", "BENCHMARKS.md", *session.posargs)
+    scripts = session.posargs or ["crypto", "ca", "ct"]
+    for script in scripts:
+        session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")
 
 
 @nox.session

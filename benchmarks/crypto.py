@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import itertools
 import os
-import platform
-import re
-import socket
 import ssl
-import statistics
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from benchlib import machine, rate, update_section
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
@@ -41,24 +35,7 @@ from trustchain.crypto.kem import KemPrivateKey
 from trustchain.crypto.signatures import SigningKey
 
 MESSAGE = b"m" * 64
-
-
-def rate(fn: Callable[[], object], seconds: float, repeats: int) -> float:
-    """Median operations per second of ``fn`` over ``repeats`` runs of >= ``seconds`` each."""
-    fn()  # warm up
-    rates = []
-    for _ in range(repeats):
-        count = 0
-        start = time.perf_counter()
-        deadline = start + seconds
-        while True:
-            fn()
-            count += 1
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        rates.append(count / (now - start))
-    return statistics.median(rates)
+PACKAGES = ("cryptography", "pqcrypto", "py-fn-dsa")
 
 
 class Table:
@@ -387,34 +364,6 @@ def bench_channel(seconds: float, repeats: int) -> Table:
     return table
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}"
-        for name in ("cryptography", "pqcrypto", "py-fn-dsa")
-        if _installed(name)
-    )
-    return (
-        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}, {versions}, host {socket.gethostname()}"
-    )
-
-
-def _installed(name: str) -> bool:
-    try:
-        importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=0.5, help="minimum time per run")
@@ -434,21 +383,13 @@ def main() -> int:
         f"## Crypto (`benchmarks/crypto.py`)\n\n"
         f"Command: `{command}` (runs `python benchmarks/crypto.py --seconds {args.seconds} "
         f"--repeats {args.repeats} --update BENCHMARKS.md`). "
-        f"Measured {datetime.date.today().isoformat()} on: {machine()}.\n"
+        f"Measured {datetime.date.today().isoformat()} on: {machine(PACKAGES)}.\n"
         f"Each figure is the median of {args.repeats} runs of at least {args.seconds} s; "
         f"single thread."
     )
     text = header + "\n\n" + "\n\n".join(t.markdown() for t in tables)
     if args.update:
-        doc = args.update.read_text(encoding="utf-8")
-        pattern = re.compile(r"(<!-- crypto:begin -->\n).*?(\n<!-- crypto:end -->)", re.S)
-        if not pattern.search(doc):
-            print(f"{args.update} has no crypto markers", file=sys.stderr)
-            return 1
-        args.update.write_text(
-            pattern.sub(lambda m: m.group(1) + text + m.group(2), doc), encoding="utf-8"
-        )
-        print(f"updated {args.update}")
+        update_section(args.update, "crypto", text)
     else:
         print(text)
     return 0

@@ -1,0 +1,78 @@
+"""What every benchmark script shares: timing, the machine line, and BENCHMARKS.md sections.
+
+Each script owns one section of BENCHMARKS.md, delimited by ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->``; :func:`update_section` replaces what lies between them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import socket
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+def rate(fn: Callable[[], object], seconds: float, repeats: int) -> float:
+    """Median operations per second of ``fn`` over ``repeats`` runs of >= ``seconds`` each."""
+    fn()  # warm up
+    rates = []
+    for _ in range(repeats):
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            fn()
+            count += 1
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        rates.append(count / (now - start))
+    return statistics.median(rates)
+
+
+def machine(packages: Iterable[str] = ()) -> str:
+    """One line naming the CPU, OS, Python, SQLite and the versions of ``packages``."""
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = "".join(
+        f", {name} {importlib.metadata.version(name)}" for name in packages if _installed(name)
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}{versions}, "
+        f"host {socket.gethostname()}"
+    )
+
+
+def update_section(path: Path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``path``."""
+    pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n?<!-- {name}:end -->)", re.S)
+    document = path.read_text(encoding="utf-8")
+    if not pattern.search(document):
+        raise SystemExit(f"{path} has no <!-- {name}:begin/end --> markers")
+    path.write_text(
+        pattern.sub(
+            lambda m: m.group(1) + text.rstrip("\n") + "\n" + m.group(2).lstrip("\n"), document
+        ),
+        encoding="utf-8",
+    )
+    print(f"updated the {name} section of {path}")
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
