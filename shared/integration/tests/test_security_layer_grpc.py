@@ -375,12 +375,15 @@ def test_concurrent_channels(
 # -- certificates --------------------------------------------------------------------------------
 
 
-def test_validate_certificates_is_unimplemented(
+def test_validate_certificates_needs_trust_anchors(
     stub: security_pb2_grpc.SecurityLayerStub,
 ) -> None:
+    request = security_pb2.ValidateCertificatesRequest(
+        chain=common_pb2.CertificateChain(certificates=[b"\x30\x00"])
+    )
     with pytest.raises(grpc.RpcError) as call:
-        stub.ValidateCertificates(security_pb2.ValidateCertificatesRequest())
-    assert status_of(call) == grpc.StatusCode.UNIMPLEMENTED
+        stub.ValidateCertificates(request)
+    assert status_of(call) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 # -- asset keys ----------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ RPCs:
   and returns the public halves. A second call for the same asset follows the request's
   ``if_exists`` policy: fail with ``ALREADY_EXISTS`` (the default), return the current keys, or
   rotate both (old versions stay usable for verifying and decrypting).
-* ``ValidateCertificates`` answers ``UNIMPLEMENTED`` until the certificate authority exists.
+* ``ValidateCertificates`` validates a DER chain (leaf first) against one of the configured trust
+  stores, selected by the request's ``policy`` name (``""``: the default store), with
+  :func:`trustchain.ca.validation.validate`: both signatures on every link, validity, constraints,
+  revocation and SCT policy. A chain that fails is an answer (``REJECTED`` with its reason), not
+  an error; an unknown policy is ``NOT_FOUND``; a server with no trust store configured answers
+  ``FAILED_PRECONDITION``.
 
 Every TrustChain error maps to one gRPC status (see :data:`STATUS_OF`); the server keeps serving.
 """
@@ -26,7 +31,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +42,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hypermesh_interfaces.v1 import common_pb2, security_pb2, security_pb2_grpc
 from trustchain import errors
+from trustchain.ca.trust import TrustStore
+from trustchain.ca.validation import Purpose, validate_certificates_response
 from trustchain.crypto.algorithms import KemAlgorithm, SignatureAlgorithm
 from trustchain.crypto.channel import SecureChannel
 from trustchain.crypto.handshake import Responder
@@ -45,6 +52,7 @@ from trustchain.crypto.signatures import SigningKey
 
 #: gRPC status for each TrustChain error; the first matching class (most specific first) wins.
 STATUS_OF: tuple[tuple[type[errors.TrustChainError], grpc.StatusCode], ...] = (
+    (errors.UnknownTrustPolicy, grpc.StatusCode.NOT_FOUND),
     (errors.UntrustedPeer, grpc.StatusCode.PERMISSION_DENIED),
     (errors.HandshakeError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.InvalidSignature, grpc.StatusCode.UNAUTHENTICATED),
@@ -68,6 +76,9 @@ PENDING_ID_SIZE = 16
 #: Largest plaintext or record one request may carry (the gRPC message limit is set above it).
 MAX_PAYLOAD = 1 << 20
 MAX_MESSAGE = MAX_PAYLOAD + (64 << 10)
+#: Most certificates one ValidateCertificates request may carry, and the largest one.
+MAX_CHAIN_CERTIFICATES = 16
+MAX_CERTIFICATE_SIZE = 64 << 10
 
 
 class _Abort(Exception):
@@ -137,6 +148,8 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
         handshake_ttl: float = 30.0,
         max_pending: int = 1024,
         max_channels: int = 65536,
+        trust_stores: Mapping[str, TrustStore] | None = None,
+        purpose: Purpose = Purpose.ANY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._identity = identity
@@ -145,6 +158,8 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
         self._max_pending = max_pending
         self._max_channels = max_channels
         self._clock = clock
+        self._trust_stores = dict(trust_stores) if trust_stores is not None else None
+        self._purpose = purpose
         self._lock = threading.Lock()
         self._keystore_lock = threading.Lock()
         self._pending: dict[bytes, _Pending] = {}
@@ -244,11 +259,25 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
     def ValidateCertificates(
         self, request: security_pb2.ValidateCertificatesRequest, context: grpc.ServicerContext
     ) -> security_pb2.ValidateCertificatesResponse:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "certificate validation arrives with the TrustChain certificate authority",
-        )
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        with _handle(context):
+            if self._trust_stores is None:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this server has no trust anchors configured",
+                )
+            certificates = request.chain.certificates
+            if not 1 <= len(certificates) <= MAX_CHAIN_CERTIFICATES:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"a chain has 1 to {MAX_CHAIN_CERTIFICATES} certificates, "
+                    f"got {len(certificates)}",
+                )
+            for index, certificate in enumerate(certificates):
+                _require_at_most(f"certificate {index}", certificate, MAX_CERTIFICATE_SIZE)
+            return validate_certificates_response(
+                request, self._trust_stores, purpose=self._purpose
+            )
+        raise AssertionError("unreachable: _handle aborts")  # pragma: no cover
 
     # -- asset keys ---------------------------------------------------------------------------
 
