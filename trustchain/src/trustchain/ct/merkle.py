@@ -44,7 +44,7 @@ consistency proof from size 0 is always an error, even to size 0 with equal root
 ``size1 == size2 > 0`` requires an empty proof and byte-equal roots (nothing is hashed then, so,
 as upstream, their length is not checked: the vector
 ``consistency/additional/sizes-are-equal-one-and-proof-is-empty.json`` expects 12-byte
-placeholder roots to be accepted). They return ``None`` on success and raise
+stand-in roots to be accepted). They return ``None`` on success and raise
 :class:`~trustchain.errors.InclusionProofError` / :class:`~trustchain.errors.ConsistencyProofError`
 with the reason otherwise; they never return ``False``.
 

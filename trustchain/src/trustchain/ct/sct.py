@@ -59,6 +59,7 @@ Differences from RFC 6962's signed structures:
 
 from __future__ import annotations
 
+import abc
 import enum
 import struct
 from dataclasses import dataclass
@@ -100,14 +101,15 @@ def _check_uint(value: int, what: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Signed:
+class _Signed(abc.ABC):
     """Shared layout of :class:`SignedCertificateTimestamp` and :class:`SignedTreeHead`."""
 
     TYPE: ClassVar[SignatureType]
     NAME: ClassVar[str]
 
+    @abc.abstractmethod
     def _fields(self) -> tuple[int, bytes, int, int, bytes, Signature]:
-        raise NotImplementedError  # pragma: no cover - overridden
+        """``(version, log id, timestamp, leaf index or tree size, hash, signature)``."""
 
     def _check(self) -> None:
         version, log_id, timestamp, number, digest, signature = self._fields()
