@@ -5,10 +5,11 @@ Layout on disk
 
 ``HOME/ca/ca.db``: one SQLite database (directory created ``0700``, file ``0600``) in WAL mode
 with ``synchronous=FULL``; every mutation is one ``BEGIN IMMEDIATE`` transaction, so a crash
-leaves all of a change or none of it. The CA's private keys are **not** here: they live in the
-key store (:class:`~trustchain.crypto.keystore.KeyStore`) under ``ca/<CA name>``, one key
-version per CA key; leaf keys the CA generated live there too, under ``leaf/<leaf name>``.
-This database records which key store version each CA and certificate uses.
+leaves all of a change or none of it (the mechanism is :mod:`trustchain.sqlite_db`). The CA's
+private keys are **not** here: they live in the key store
+(:class:`~trustchain.crypto.keystore.KeyStore`) under ``ca/<CA name>``, one key version per CA
+key; leaf keys the CA generated live there too, under ``leaf/<leaf name>``. This database
+records which key store version each CA and certificate uses.
 
 Schema (version 1)
 ==================
@@ -71,17 +72,16 @@ import ipaddress
 import os
 import secrets
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from cryptography import x509
 
+from trustchain import sqlite_db
 from trustchain.ca.profiles import CertificateKind, IpNetwork
 from trustchain.errors import (
     AlreadyRevoked,
@@ -493,14 +493,14 @@ def _certificate_values(cert: CertificateRecord) -> tuple[object, ...]:
     )
 
 
-def _placeholders(columns: str) -> str:
+def _parameter_marks(columns: str) -> str:
     return ", ".join("?" for _ in columns.split(","))
 
 
 # --- the store -----------------------------------------------------------------------------------
 
 
-class CaStore:
+class CaStore(sqlite_db.ConnectionOwner):
     """The CA database (see the module docs). Create with :meth:`open`.
 
     Safe to share between threads (one connection behind a lock) and processes (SQLite
@@ -508,9 +508,8 @@ class CaStore:
     """
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
         self._path = path
-        self._conn: sqlite3.Connection | None = conn
-        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, home: Path | str) -> CaStore:
@@ -529,9 +528,7 @@ class CaStore:
         except OSError as exc:
             raise CaError(f"cannot create the CA database in {directory}: {exc.strerror}") from exc
         with _sqlite_errors():
-            conn = sqlite3.connect(
-                path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
+            conn = sqlite_db.connect(path, error=CaError)
         store = cls(path, conn)
         try:
             store._initialise()
@@ -542,53 +539,27 @@ class CaStore:
 
     def _initialise(self) -> None:
         with self._lock, _sqlite_errors():
-            conn = self._db()
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise CaError(f"cannot put {self._path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                tables = {
-                    row[0]
-                    for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                }
-                if not tables:
-                    for statement in _SCHEMA:
-                        conn.execute(statement)
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),),
-                    )
-                elif "meta" not in tables:
-                    raise CaStoreCorrupted(f"{self._path} is not a TrustChain CA database")
-                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None or row[0] != str(SCHEMA_VERSION):
-                    raise CaStoreCorrupted(
-                        f"unsupported CA database schema {row[0] if row else None!r}"
-                    )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> CaStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+            # Per connection, and only outside a transaction.
+            self._db().execute("PRAGMA foreign_keys=ON")
+        with self._write() as conn:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if not tables:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif "meta" not in tables:
+                raise CaStoreCorrupted(f"{self._path} is not a TrustChain CA database")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                raise CaStoreCorrupted(
+                    f"unsupported CA database schema {row[0] if row else None!r}"
+                )
 
     @property
     def path(self) -> Path:
@@ -601,15 +572,8 @@ class CaStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, _sqlite_errors():
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, _sqlite_errors(), sqlite_db.transaction(self._db()) as conn:
+            yield conn
 
     def _select(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock, _sqlite_errors():
@@ -736,7 +700,7 @@ class CaStore:
             ):
                 raise CaExists("this CA database already has a root")
             conn.execute(
-                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES ({_placeholders(_CA_COLUMNS)})",  # noqa: S608
+                f"INSERT INTO cas ({_CA_COLUMNS}) VALUES ({_parameter_marks(_CA_COLUMNS)})",  # noqa: S608
                 _ca_values(ca),
             )
             self._insert_key(conn, key)
@@ -812,7 +776,7 @@ class CaStore:
     @staticmethod
     def _insert_key(conn: sqlite3.Connection, key: CaKeyRecord) -> None:
         conn.execute(
-            f"INSERT INTO ca_keys ({_KEY_COLUMNS}) VALUES ({_placeholders(_KEY_COLUMNS)})",  # noqa: S608
+            f"INSERT INTO ca_keys ({_KEY_COLUMNS}) VALUES ({_parameter_marks(_KEY_COLUMNS)})",  # noqa: S608
             _key_values(key),
         )
 
@@ -822,7 +786,7 @@ class CaStore:
     ) -> None:
         conn.executemany(
             f"INSERT INTO certificates ({_CERT_COLUMNS}) "  # noqa: S608
-            f"VALUES ({_placeholders(_CERT_COLUMNS)})",
+            f"VALUES ({_parameter_marks(_CERT_COLUMNS)})",
             [_certificate_values(cert) for cert in certificates],
         )
 

@@ -8,7 +8,8 @@ A store is a directory (its *home*, created ``0700``) holding:
 ``keys.db``
     One SQLite database (created ``0600``; SQLite gives its ``-wal``/``-shm`` side files the
     same mode), in WAL mode with ``synchronous=FULL``. Every mutation is one ``BEGIN IMMEDIATE``
-    transaction, so a crash (even ``SIGKILL``) leaves either the whole change or none of it.
+    transaction, so a crash (even ``SIGKILL``) leaves either the whole change or none of it
+    (the mechanism is :mod:`trustchain.sqlite_db`, shared by every TrustChain store).
 ``store.key``
     Only for stores protected by a key file (see *Protection*): 32 random bytes, ``0600``,
     written to a temporary file, fsynced and renamed into place. An existing key file is reused,
@@ -85,19 +86,18 @@ import re
 import secrets
 import sqlite3
 import struct
-import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar, Final
 
 from argon2.low_level import Type as Argon2Type
 from argon2.low_level import hash_secret_raw
 
+from trustchain import sqlite_db
 from trustchain.crypto import encoding, sealed_box
 from trustchain.crypto.aead import AeadKey, hkdf
 from trustchain.crypto.algorithms import AeadAlgorithm, KemAlgorithm, SignatureAlgorithm, from_id
@@ -657,7 +657,7 @@ def _read_keyfile(path: Path) -> bytes:
 # --- the store ------------------------------------------------------------------------------------
 
 
-class KeyStore:
+class KeyStore(sqlite_db.ConnectionOwner):
     """Named, versioned keys in one SQLite file; see the module docstring for formats.
 
     Create with :meth:`open`. A store may be shared by threads (its connection is guarded by a
@@ -673,10 +673,8 @@ class KeyStore:
         secrets_: _Secrets | None,
         clock: Callable[[], datetime],
     ) -> None:
+        super().__init__(conn)
         self._home = home
-        self._conn: sqlite3.Connection | None = conn
-        # One connection, shared by threads: every use (a whole transaction for writes) holds it.
-        self._lock = threading.RLock()
         self._protection = protection
         self._secrets = secrets_
         self._clock = clock
@@ -713,7 +711,8 @@ class KeyStore:
             if passphrase is not None:
                 kdf_params.check(allow_weak=allow_weak_kdf)
             _create_files(home, db_path)
-        conn = _connect(db_path)
+        with _sqlite_errors():
+            conn = sqlite_db.connect(db_path, error=KeyStoreError)
         try:
             with _sqlite_errors():
                 meta = _read_meta(conn)
@@ -737,7 +736,8 @@ class KeyStore:
         db_path = Path(home).expanduser() / DB_FILENAME
         if not db_path.exists():
             return None
-        conn = _connect(db_path)
+        with _sqlite_errors():
+            conn = sqlite_db.connect(db_path, error=KeyStoreError)
         try:
             with _sqlite_errors():
                 meta = _read_meta(conn)
@@ -746,23 +746,6 @@ class KeyStore:
         if meta is None:
             return None
         return _protection_from_meta(meta)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> KeyStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "unlocked" if self._secrets is not None else "public view"
@@ -1150,15 +1133,8 @@ class KeyStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction; rolled back on any exception."""
-        with self._lock, _sqlite_errors():
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, _sqlite_errors(), sqlite_db.transaction(self._db()) as conn:
+            yield conn
 
     def _insert(
         self,
@@ -1276,20 +1252,6 @@ def _create_files(home: Path, db_path: Path) -> None:
         os.close(fd)
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
-    with _sqlite_errors():
-        conn = sqlite3.connect(db_path, isolation_level=None, timeout=30.0, check_same_thread=False)
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise KeyStoreError(f"cannot put {db_path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous=FULL")
-        except BaseException:
-            conn.close()
-            raise
-    return conn
-
-
 def _read_meta(conn: sqlite3.Connection) -> dict[str, object] | None:
     tables = {
         r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -1305,11 +1267,9 @@ def _initialise(
     conn: sqlite3.Connection, home: Path, passphrase: bytes | None, params: KdfParams
 ) -> dict[str, object]:
     """Create the schema and meta in one transaction (re-checking under the write lock)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with sqlite_db.transaction(conn):
         meta = _read_meta(conn)
         if meta is not None:  # another process initialised it first
-            conn.execute("ROLLBACK")
             return meta
         salt = secrets.token_bytes(SALT_SIZE)
         if passphrase is None:
@@ -1340,11 +1300,6 @@ def _initialise(
             "check_value": check_value,
         }
         conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return meta
 
 

@@ -47,7 +47,8 @@ Each :meth:`~TransparencyLog.append` / :meth:`~TransparencyLog.append_many` /
 and node row it adds, so a crash (even ``SIGKILL`` or power loss, given ``synchronous=FULL``)
 leaves all of the call or none of it. SCTs are signed only **after** the commit: the log never
 hands out a promise for an entry that is not durably in the tree. Several processes may share a
-log file; SQLite serialises writers, and each write first re-reads the tree size.
+log file; SQLite serialises writers, and each write first re-reads the tree size. (The SQLite
+settings and transactions are those of every TrustChain store: :mod:`trustchain.sqlite_db`.)
 
 Timestamps are milliseconds since the Unix epoch from ``clock`` (default: the system clock),
 made non-decreasing along the log (an entry's timestamp is at least its predecessor's); a tree
@@ -63,16 +64,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
+from trustchain import sqlite_db
 from trustchain.crypto.signatures import SigningKey, VerifyKey
 from trustchain.ct import merkle
 from trustchain.ct.merkle import Frontier, leaf_hash, node_hash
@@ -133,19 +133,6 @@ def _sqlite_errors(path: Path) -> Iterator[None]:
         raise LogError(f"transparency log {path}: {exc}") from exc
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
-    try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise LogError(f"cannot put {path} in WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
 def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, object] | None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if "meta" not in tables:
@@ -158,7 +145,7 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, object] | None
     return {str(k): v for k, v in conn.execute("SELECT key, value FROM meta")}
 
 
-class TransparencyLog:
+class TransparencyLog(sqlite_db.ConnectionOwner):
     """An append-only Merkle log in one SQLite file (see the module docs).
 
     Open with :meth:`open`; close with :meth:`close` or a ``with`` block. Safe to share between
@@ -176,13 +163,12 @@ class TransparencyLog:
         sign_workers: int,
     ) -> None:
         """Internal: use :meth:`open`."""
+        super().__init__(conn)
         self._path = path
-        self._conn: sqlite3.Connection | None = conn
         self._public_key = public_key
         self._signer = signer
         self._clock = clock
         self._sign_workers = sign_workers
-        self._lock = threading.RLock()
         self._frontier = Frontier()
         self._last_timestamp = 0
 
@@ -221,7 +207,7 @@ class TransparencyLog:
         if workers < 1:
             raise LogError(f"sign_workers must be at least 1, got {workers}")
         with _sqlite_errors(path):
-            conn = _connect(path)
+            conn = sqlite_db.connect(path, error=LogError)
         try:
             with _sqlite_errors(path):
                 public_key = cls._initialise_or_load(conn, path, signer, create)
@@ -260,8 +246,7 @@ class TransparencyLog:
                 raise LogError(f"no transparency log at {path} (database not initialised)")
             if signer is None:
                 raise LogError(f"creating the transparency log {path} needs its signing key")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite_db.transaction(conn):
                 meta = _read_meta(conn, path)  # another process may have won the race
                 if meta is None:
                     for statement in _SCHEMA:
@@ -274,10 +259,6 @@ class TransparencyLog:
                         "log_id": public.key_id,
                     }
                     conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         if meta.get("schema_version") != SCHEMA_VERSION:
             raise LogCorrupted(f"{path}: unsupported schema version {meta.get('schema_version')!r}")
         if meta.get("hash") != HASH_NAME:
@@ -292,23 +273,6 @@ class TransparencyLog:
         if meta.get("log_id") != public_key.key_id:
             raise LogCorrupted(f"{path}: the stored log id is not the hash of the log's key")
         return public_key
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> TransparencyLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<TransparencyLog {str(self._path)!r} log_id={self.log_id.hex()[:16]}>"
@@ -375,9 +339,7 @@ class TransparencyLog:
         """Write the entries; returns (first index, timestamp, leaf hashes)."""
         datas = [bytes(item) for item in items]
         with self._lock, _sqlite_errors(self._path):
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with sqlite_db.transaction(self._db()) as conn:
                 self._refresh(conn)
                 frontier = self._frontier.copy()
                 first = frontier.size
@@ -395,10 +357,6 @@ class TransparencyLog:
                     entries,
                 )
                 conn.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             self._frontier = frontier
             if datas:
                 self._last_timestamp = timestamp
