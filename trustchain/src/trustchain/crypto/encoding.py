@@ -83,3 +83,24 @@ def decode(data: bytes, kind: Kind) -> tuple[int, bytes]:
     if end != len(data):
         raise MalformedData(f"{len(data) - end} trailing bytes after {kind.name.lower()}")
     return algorithm, body
+
+
+def check_sized(
+    data: bytes,
+    *,
+    what: str,
+    sizes: range,
+    header: int,
+    error: type[MalformedData] = MalformedData,
+    hint: str = "",
+) -> None:
+    """Raise ``error`` unless ``data`` is ``sizes`` long and starts with byte ``header``.
+
+    The shape check every raw key and signature encoding gets before it reaches a C library.
+    ``hint`` is appended to a wrong-header message (e.g. to name a commonly confused format).
+    """
+    if len(data) not in sizes:
+        expected = str(sizes.start) if len(sizes) == 1 else f"{sizes.start}..{sizes.stop - 1}"
+        raise error(f"{what} must be {expected} bytes, got {len(data)}")
+    if data[0] != header:
+        raise error(f"{what} header must be 0x{header:02x}, got 0x{data[0]:02x}{hint}")

@@ -45,10 +45,10 @@ import types
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from trustchain.crypto.encoding import check_sized
 from trustchain.errors import (
     BackendUnavailable,
     InvalidKey,
-    MalformedData,
     UnknownAlgorithm,
 )
 
@@ -92,47 +92,36 @@ def check_public_key(public_key: bytes) -> None:
     The 14-bit coefficients are not range-checked here; a key with a coefficient >= q is
     rejected by the backend at verification (it verifies nothing).
     """
-    if len(public_key) != PUBLIC_KEY_SIZE:
-        raise InvalidKey(
-            f"Falcon-1024 public key must be {PUBLIC_KEY_SIZE} bytes, got {len(public_key)}"
-        )
-    if public_key[0] != PUBLIC_KEY_HEADER:
-        raise InvalidKey(
-            f"Falcon-1024 public key header must be 0x{PUBLIC_KEY_HEADER:02x}, "
-            f"got 0x{public_key[0]:02x}"
-        )
+    check_sized(
+        public_key,
+        what="Falcon-1024 public key",
+        sizes=range(PUBLIC_KEY_SIZE, PUBLIC_KEY_SIZE + 1),
+        header=PUBLIC_KEY_HEADER,
+        error=InvalidKey,
+    )
 
 
 def check_secret_key(secret_key: bytes) -> None:
     """Raise :class:`InvalidKey` unless ``secret_key`` has the size and header of a secret key."""
-    if len(secret_key) != SECRET_KEY_SIZE:
-        raise InvalidKey(
-            f"Falcon-1024 secret key must be {SECRET_KEY_SIZE} bytes, got {len(secret_key)}"
-        )
-    if secret_key[0] != SECRET_KEY_HEADER:
-        raise InvalidKey(
-            f"Falcon-1024 secret key header must be 0x{SECRET_KEY_HEADER:02x}, "
-            f"got 0x{secret_key[0]:02x}"
-        )
+    check_sized(
+        secret_key,
+        what="Falcon-1024 secret key",
+        sizes=range(SECRET_KEY_SIZE, SECRET_KEY_SIZE + 1),
+        header=SECRET_KEY_HEADER,
+        error=InvalidKey,
+    )
 
 
 def check_signature(signature: bytes) -> None:
     """Raise :class:`MalformedData` unless ``signature`` is shaped like a detached signature."""
-    if not MIN_SIGNATURE_SIZE <= len(signature) <= MAX_SIGNATURE_SIZE:
-        raise MalformedData(
-            f"Falcon-1024 signature must be {MIN_SIGNATURE_SIZE}..{MAX_SIGNATURE_SIZE} bytes, "
-            f"got {len(signature)}"
-        )
-    if signature[0] != SIGNATURE_HEADER:
-        hint = (
-            " (0x2a is the NIST signed-message header, not a detached signature)"
-            if signature[0] == NIST_SIGNED_MESSAGE_HEADER
-            else ""
-        )
-        raise MalformedData(
-            f"Falcon-1024 signature header must be 0x{SIGNATURE_HEADER:02x}, "
-            f"got 0x{signature[0]:02x}{hint}"
-        )
+    nist = bool(signature) and signature[0] == NIST_SIGNED_MESSAGE_HEADER
+    check_sized(
+        signature,
+        what="Falcon-1024 signature",
+        sizes=range(MIN_SIGNATURE_SIZE, MAX_SIGNATURE_SIZE + 1),
+        header=SIGNATURE_HEADER,
+        hint=" (0x2a is the NIST signed-message header, not a detached signature)" if nist else "",
+    )
 
 
 # --- key pair consistency (pure Python) -------------------------------------------------------

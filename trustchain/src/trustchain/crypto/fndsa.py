@@ -30,7 +30,8 @@ from functools import cache
 from typing import Any, Final
 
 from trustchain.crypto import falcon
-from trustchain.errors import BackendUnavailable, InvalidKey, MalformedData
+from trustchain.crypto.encoding import check_sized
+from trustchain.errors import BackendUnavailable, InvalidKey
 
 LOGN: Final = 10
 VERIFY_KEY_SIZE: Final = 1793
@@ -67,41 +68,34 @@ def available() -> bool:
 
 def check_verify_key(verify_key: bytes) -> None:
     """Raise :class:`InvalidKey` unless ``verify_key`` is sized and headed as a verifying key."""
-    if len(verify_key) != VERIFY_KEY_SIZE:
-        raise InvalidKey(
-            f"FN-DSA-1024 verifying key must be {VERIFY_KEY_SIZE} bytes, got {len(verify_key)}"
-        )
-    if verify_key[0] != VERIFY_KEY_HEADER:
-        raise InvalidKey(
-            f"FN-DSA-1024 verifying key header must be 0x{VERIFY_KEY_HEADER:02x}, "
-            f"got 0x{verify_key[0]:02x}"
-        )
+    check_sized(
+        verify_key,
+        what="FN-DSA-1024 verifying key",
+        sizes=range(VERIFY_KEY_SIZE, VERIFY_KEY_SIZE + 1),
+        header=VERIFY_KEY_HEADER,
+        error=InvalidKey,
+    )
 
 
 def check_sign_key(sign_key: bytes) -> None:
     """Raise :class:`InvalidKey` unless ``sign_key`` has the size and header of a signing key."""
-    if len(sign_key) != SIGN_KEY_SIZE:
-        raise InvalidKey(
-            f"FN-DSA-1024 signing key must be {SIGN_KEY_SIZE} bytes, got {len(sign_key)}"
-        )
-    if sign_key[0] != SIGN_KEY_HEADER:
-        raise InvalidKey(
-            f"FN-DSA-1024 signing key header must be 0x{SIGN_KEY_HEADER:02x}, "
-            f"got 0x{sign_key[0]:02x}"
-        )
+    check_sized(
+        sign_key,
+        what="FN-DSA-1024 signing key",
+        sizes=range(SIGN_KEY_SIZE, SIGN_KEY_SIZE + 1),
+        header=SIGN_KEY_HEADER,
+        error=InvalidKey,
+    )
 
 
 def check_signature(signature: bytes) -> None:
     """Raise :class:`MalformedData` unless ``signature`` has the size and header of a signature."""
-    if len(signature) != SIGNATURE_SIZE:
-        raise MalformedData(
-            f"FN-DSA-1024 signature must be {SIGNATURE_SIZE} bytes, got {len(signature)}"
-        )
-    if signature[0] != SIGNATURE_HEADER:
-        raise MalformedData(
-            f"FN-DSA-1024 signature header must be 0x{SIGNATURE_HEADER:02x}, "
-            f"got 0x{signature[0]:02x}"
-        )
+    check_sized(
+        signature,
+        what="FN-DSA-1024 signature",
+        sizes=range(SIGNATURE_SIZE, SIGNATURE_SIZE + 1),
+        header=SIGNATURE_HEADER,
+    )
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
