@@ -19,8 +19,20 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
+from typing import Protocol
 
 from trustchain.errors import MalformedData
+
+
+class _Labelled(Protocol):
+    """An algorithm identifier with a human-facing label (the enums of ``algorithms``)."""
+
+    @property
+    def label(self) -> str: ...
+
+    def __int__(self) -> int: ...
+
 
 FORMAT_VERSION = 1
 HEADER = struct.Struct(">BBHI")
@@ -83,6 +95,34 @@ def decode(data: bytes, kind: Kind) -> tuple[int, bytes]:
     if end != len(data):
         raise MalformedData(f"{len(data) - end} trailing bytes after {kind.name.lower()}")
     return algorithm, body
+
+
+def split_components(
+    body: bytes, kind: Kind, expected: Sequence[_Labelled], what: str
+) -> list[bytes]:
+    """The component bodies of a hybrid ``body``: exactly one envelope of ``kind`` per
+    ``expected`` algorithm, in that order, and nothing after them (else :class:`MalformedData`).
+    """
+    parts: list[bytes] = []
+    offset = 0
+    for position, component in enumerate(expected, start=1):
+        algorithm, part, offset = decode_prefix(body, kind, offset)
+        if algorithm != int(component):
+            raise MalformedData(
+                f"hybrid {what}: component {position} must be {component.label}, "
+                f"got algorithm 0x{algorithm:04x}"
+            )
+        parts.append(part)
+    if offset != len(body):
+        raise MalformedData(
+            f"hybrid {what}: {len(body) - offset} trailing bytes after the components"
+        )
+    return parts
+
+
+def join_components(kind: Kind, parts: Sequence[tuple[int, bytes]]) -> bytes:
+    """A hybrid body: one envelope of ``kind`` per ``(algorithm, component body)``, in order."""
+    return b"".join(encode(kind, algorithm, body) for algorithm, body in parts)
 
 
 def check_sized(

@@ -202,25 +202,15 @@ def _kem_algorithm(value: int) -> KemAlgorithm:
 
 def _split_hybrid(body: bytes, kind: Kind, what: str) -> tuple[bytes, bytes]:
     """The X25519 and ML-KEM-1024 component bodies of a hybrid body ``env(X) || env(M)``."""
-    expected = (KemAlgorithm.X25519, KemAlgorithm.ML_KEM_1024)
-    parts: list[bytes] = []
-    offset = 0
-    for position, component in enumerate(expected, start=1):
-        alg_id, part, offset = encoding.decode_prefix(body, kind, offset)
-        if alg_id != component:
-            raise MalformedData(
-                f"hybrid {what}: component {position} must be {component.label}, "
-                f"got algorithm 0x{alg_id:04x}"
-            )
-        parts.append(part)
-    if offset != len(body):
-        raise MalformedData(f"hybrid {what}: {len(body) - offset} trailing bytes after components")
-    return parts[0], parts[1]
+    x25519_body, mlkem_body = encoding.split_components(
+        body, kind, (KemAlgorithm.X25519, KemAlgorithm.ML_KEM_1024), what
+    )
+    return x25519_body, mlkem_body
 
 
 def _join_hybrid(kind: Kind, x25519_body: bytes, mlkem_body: bytes) -> bytes:
-    return encoding.encode(kind, KemAlgorithm.X25519, x25519_body) + encoding.encode(
-        kind, KemAlgorithm.ML_KEM_1024, mlkem_body
+    return encoding.join_components(
+        kind, [(KemAlgorithm.X25519, x25519_body), (KemAlgorithm.ML_KEM_1024, mlkem_body)]
     )
 
 

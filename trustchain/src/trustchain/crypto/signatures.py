@@ -130,28 +130,17 @@ def _signature_algorithm(value: int) -> SignatureAlgorithm:
 
 
 def _split_hybrid(body: bytes, kind: Kind) -> tuple[bytes, bytes]:
-    """The component bodies (Ed25519, Falcon-1024) of a hybrid body of ``kind``.
-
-    :class:`MalformedData` unless the body is exactly the two component envelopes, in order.
-    """
-    bodies: list[bytes] = []
-    offset = 0
-    for expected in HYBRID_COMPONENTS:
-        algorithm, component, offset = encoding.decode_prefix(body, kind, offset)
-        if algorithm != expected:
-            raise MalformedData(
-                f"hybrid component {len(bodies) + 1} must be {expected.label}, "
-                f"got algorithm 0x{algorithm:04x}"
-            )
-        bodies.append(component)
-    if offset != len(body):
-        raise MalformedData(f"{len(body) - offset} trailing bytes after the hybrid components")
-    return bodies[0], bodies[1]
+    """The component bodies (Ed25519, Falcon-1024) of a hybrid body of ``kind``."""
+    ed25519_body, falcon_body = encoding.split_components(
+        body, kind, HYBRID_COMPONENTS, kind.name.lower().replace("_", " ")
+    )
+    return ed25519_body, falcon_body
 
 
 def _join_hybrid(kind: Kind, ed25519_body: bytes, falcon_body: bytes) -> bytes:
-    return encoding.encode(kind, SignatureAlgorithm.ED25519, ed25519_body) + encoding.encode(
-        kind, SignatureAlgorithm.FALCON_1024, falcon_body
+    return encoding.join_components(
+        kind,
+        [(SignatureAlgorithm.ED25519, ed25519_body), (SignatureAlgorithm.FALCON_1024, falcon_body)],
     )
 
 
