@@ -19,6 +19,8 @@ nox.options.error_on_missing_interpreters = True
 INTERFACES = "./shared/interfaces"
 TRUSTCHAIN = "./trustchain"
 STOQ = "./stoq"
+#: stoq with its optional Rust-accelerated QUIC engine, so both engines are tested.
+STOQ_ALL = "./stoq[qh3]"
 HYPERMESH = "./hypermesh"
 SOURCES = ["shared/interfaces/src", "trustchain/src", "stoq/src", "hypermesh/src"]
 
@@ -34,7 +36,13 @@ TEST_DEPS = [
     "aioquic==1.7.*",
 ]
 #: Debian packages the tests use as real peers (command -> package).
-DEBIAN_PEERS = {"openssl": "openssl"}
+DEBIAN_PEERS = {
+    "openssl": "openssl",
+    # Network-namespace tests (dual stack, Happy Eyeballs): hosts, veth links, firewall rules.
+    "ip": "iproute2",
+    "iptables": "iptables",
+    "ip6tables": "iptables",
+}
 LINT_DEPS = ["ruff==0.17.*"]
 TYPECHECK_DEPS = ["mypy==2.4.*", "types-protobuf", "grpc-stubs", "pytest>=8.3", "hypothesis"]
 
@@ -51,7 +59,7 @@ def tests(session: nox.Session) -> None:
     session.install(INTERFACES, TRUSTCHAIN)
     session.run("pytest", "shared/interfaces/tests", "trustchain/tests", *pytest_args)
 
-    session.install(STOQ)
+    session.install(STOQ_ALL)
     session.run("pytest", "stoq/tests", *pytest_args)
 
     session.install(HYPERMESH)
@@ -78,7 +86,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on every package's src/."""
     session.install(*TYPECHECK_DEPS, "py-fn-dsa>=0.2")
-    session.install("-e", INTERFACES, "-e", TRUSTCHAIN, "-e", STOQ, "-e", HYPERMESH)
+    session.install("-e", INTERFACES, "-e", TRUSTCHAIN, "-e", STOQ_ALL, "-e", HYPERMESH)
     session.run("mypy", *SOURCES)
 
 
@@ -94,8 +102,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each side by side with a peer in the same run.
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
-    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN)
-    scripts = session.posargs or ["crypto", "ca", "ct"]
+    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL)
+    scripts = session.posargs or ["crypto", "ca", "ct", "stoq"]
     for script in scripts:
         session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")
 
@@ -104,7 +112,7 @@ def bench(session: nox.Session) -> None:
 def interop(session: nox.Session) -> None:
     """Heavier tests against third-party peers (tests marked ``interop``)."""
     session.install(*TEST_DEPS)
-    session.install(INTERFACES, TRUSTCHAIN, STOQ, HYPERMESH)
+    session.install(INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH)
     tests = ["shared/interfaces/tests", "trustchain/tests", "stoq/tests", "hypermesh/tests"]
     # pytest exits 5 when it collects nothing; until a later issue adds interop tests that is
     # the expected outcome, and the session says so rather than failing.

@@ -1,4 +1,9 @@
-"""stoq — nothing real is implemented here yet; see README.md."""
+"""STOQ: HyperMesh's QUIC transport.
+
+Authenticated with TrustChain node certificates, protected by a post-quantum channel bound to
+each QUIC connection, reachable over IPv4 and IPv6 with Happy Eyeballs. Start with
+:func:`stoq.endpoint.connect`, :class:`stoq.endpoint.Endpoint` and :class:`stoq.config.StoqConfig`.
+"""
 
 from importlib.metadata import version as _version
 

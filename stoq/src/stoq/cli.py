@@ -1,0 +1,237 @@
+"""The ``stoq`` command: ``serve``, ``connect`` and ``bench``.
+
+``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
+from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
+certificate chain (``--chain``, PEM, leaf first), plus the roots to trust (``--trust``, PEM) and
+optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``).
+
+* ``stoq serve`` prints ``{"listening": [host, port]}`` and echoes every message of every stream
+  (and every datagram) back to its sender until interrupted.
+* ``stoq connect HOST [HOST...] --port P`` connects (Happy Eyeballs over every address), sends
+  ``--message`` on a stream, reads the echo, and prints one JSON line: ``{"remote": [ip, port],
+  "family": 4|6, "peer": name, "peer_id": hex, "tls_group": ..., "seconds": t, "echo": text}``;
+  on failure ``{"error": ..., "attempts": [[address, reason], ...]}`` and exit status 1.
+* ``stoq bench [--json]`` runs the throughput comparison of :mod:`stoq.benchmark`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from stoq.config import PATH_MTU, StoqConfig
+from stoq.connection import StoqConnection, Stream
+from stoq.endpoint import Endpoint, connect
+from stoq.engine import available_engines
+from stoq.errors import ConnectError, StoqError, StreamClosed
+from stoq.identity import NodeIdentity, PeerPolicy, load_pem_chain
+from trustchain.ca.trust import TrustAnchor, TrustStore
+from trustchain.cli_common import open_store
+from trustchain.errors import TrustChainError
+
+__all__ = ["main"]
+
+
+def _identity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="TrustChain key store directory ($TRUSTCHAIN_HOME)")
+    parser.add_argument("--passphrase-file", help="file holding the key store passphrase")
+    parser.add_argument("--key", required=True, help="name of the node key in the key store")
+    parser.add_argument("--chain", required=True, type=Path, help="PEM chain, leaf first")
+    parser.add_argument(
+        "--trust", required=True, type=Path, action="append", help="PEM root(s) to trust"
+    )
+    parser.add_argument("--crl", type=Path, action="append", default=[], help="CRL file(s)")
+    parser.add_argument(
+        "--namespace", action="append", default=[], help="accept only peers in this namespace"
+    )
+    parser.add_argument("--engine", default="aioquic", choices=("aioquic", "qh3"))
+    parser.add_argument(
+        "--datagram", default="1200", help='datagram size in bytes, or "pmtu" (default 1200)'
+    )
+
+
+def _config(args: argparse.Namespace, **extra: object) -> StoqConfig:
+    chain = load_pem_chain(args.chain.read_bytes())
+    with open_store(args, private=True) as store:
+        identity = NodeIdentity.from_keystore(store, args.key, chain)
+    anchors = []
+    for index, path in enumerate(args.trust):
+        for number, certificate in enumerate(load_pem_chain(path.read_bytes())):
+            anchors.append(TrustAnchor(certificate, f"{path.stem}-{index}-{number}"))
+    trust = TrustStore(anchors, certificates=chain[1:])
+    for path in args.crl:
+        data = path.read_bytes()
+        crl = (
+            x509.load_pem_x509_crl(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_crl(data)
+        )
+        trust.add_crl(crl)
+    datagram: int | str = PATH_MTU if args.datagram == PATH_MTU else int(args.datagram)
+    return StoqConfig(
+        identity=identity,
+        policy=PeerPolicy(trust, namespaces=tuple(args.namespace)),
+        engine=args.engine,
+        max_datagram_size=datagram,  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _emit(record: dict[str, object]) -> None:
+    print(json.dumps(record), flush=True)
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+async def _echo_stream(stream: Stream) -> None:
+    try:
+        async for message in stream:
+            await stream.send(message)
+        await stream.finish()
+    except StoqError:
+        return  # the peer went away; the connection's own close reports it
+
+
+async def _echo_datagrams(connection: StoqConnection) -> None:
+    with contextlib.suppress(StoqError):
+        while True:
+            connection.send_datagram(await connection.receive_datagram())
+
+
+async def _serve_connection(connection: StoqConnection) -> None:
+    tasks = {asyncio.ensure_future(_echo_datagrams(connection))}
+    try:
+        while True:
+            stream = await connection.accept_stream()
+            task = asyncio.ensure_future(_echo_stream(stream))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except StoqError:
+        return
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    endpoint = await Endpoint.listen(config, args.host, args.port)
+    host = endpoint.addresses[0][0]
+    _emit({"listening": [host, endpoint.port], "engine": config.engine})
+    connections: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            connection = await endpoint.accept()
+            task = asyncio.ensure_future(_serve_connection(connection))
+            connections.add(task)
+            task.add_done_callback(connections.discard)
+    finally:
+        await endpoint.close()
+
+
+# --- connect --------------------------------------------------------------------------------
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    config = _config(
+        args, attempt_delay=args.attempt_delay, connect_timeout=args.timeout, keepalive=None
+    )
+    hosts: str | list[str] = args.hosts[0] if len(args.hosts) == 1 else list(args.hosts)
+    started = time.perf_counter()
+    try:
+        connection = await connect(config, hosts, args.port, server_name=args.server_name)
+    except ConnectError as exc:
+        _emit({"error": str(exc), "attempts": [list(a) for a in exc.attempts]})
+        return 1
+    except StoqError as exc:
+        _emit({"error": str(exc), "attempts": []})
+        return 1
+    seconds = time.perf_counter() - started
+    try:
+        stream = await connection.open_stream()
+        await stream.send(args.message.encode())
+        echo = await stream.receive()
+        await stream.finish()
+        with contextlib.suppress(StreamClosed):
+            await stream.receive()
+    finally:
+        await connection.close(0, "done")
+    _emit(
+        {
+            "remote": list(connection.remote_address),
+            "family": connection.family,
+            "peer": connection.peer.name,
+            "peer_id": connection.peer.peer_id.hex(),
+            "tls_group": connection.tls_group,
+            "engine": connection.engine,
+            "seconds": round(seconds, 6),
+            "echo": echo.decode(errors="replace"),
+        }
+    )
+    return 0
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from stoq import benchmark
+
+    for record in benchmark.run_comparison(mb=args.mb, repeats=args.repeats):
+        payload = record.to_json()
+        if args.json:
+            _emit(payload)
+        else:
+            print(" ".join(f"{key}={value}" for key, value in payload.items()), flush=True)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stoq", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run an echoing STOQ server")
+    _identity_arguments(serve)
+    serve.add_argument("--host", default="::", help='address to bind (default "::", dual-stack)')
+    serve.add_argument("--port", type=int, default=0)
+
+    conn = commands.add_parser("connect", help="connect, send a message, print the echo")
+    _identity_arguments(conn)
+    conn.add_argument("hosts", nargs="+", help="host name(s) or address(es)")
+    conn.add_argument("--port", type=int, required=True)
+    conn.add_argument("--server-name", help="name the server's certificate must carry")
+    conn.add_argument("--attempt-delay", type=float, default=0.25)
+    conn.add_argument("--timeout", type=float, default=10.0, help="seconds per attempt")
+    conn.add_argument("--message", default="hello over stoq")
+    conn.add_argument("--json", action="store_true", help="(always JSON; accepted for clarity)")
+
+    bench = commands.add_parser("bench", help="throughput: stoq vs aioquic, qh3, TCP+TLS")
+    bench.add_argument("--json", action="store_true", help="one JSON object per line")
+    bench.add_argument("--mb", type=int, default=64, help="MiB per transfer")
+    bench.add_argument("--repeats", type=int, default=5, help="runs per figure (median)")
+    parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        if args.command == "connect":
+            return asyncio.run(_connect(args))
+        return _bench(args)
+    except KeyboardInterrupt:
+        return 130
+    except (StoqError, TrustChainError, OSError, ValueError) as exc:
+        print(f"stoq: {exc}", file=sys.stderr)
+        return 1
