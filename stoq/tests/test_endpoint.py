@@ -461,3 +461,30 @@ def test_nothing_listening_names_every_address(pki: Pki, client_identity: NodeId
     assert "127.0.0.1" in tried
     assert "::1" in str(info.value)
     assert "127.0.0.1" in str(info.value)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_streams_opened_back_to_back_are_distinct(
+    pki: Pki, server_identity: NodeIdentity, client_identity: NodeIdentity, engine: str
+) -> None:
+    results: dict[str, object] = {}
+
+    async def body(endpoint: Endpoint) -> None:
+        connection = await connect(
+            pki.config(client_identity, engine=engine),
+            "::1",
+            endpoint.port,
+            server_name=SERVER_NAME,
+        )
+        first, second = await connection.open_stream(), await connection.open_stream()
+        results["distinct"] = first.stream_id != second.stream_id
+        await first.send(b"first")
+        await second.send(b"second")
+        results["pair"] = await asyncio.wait_for(
+            asyncio.gather(first.receive(), second.receive()), timeout=5
+        )
+        await connection.close()
+
+    run(_serving(pki.config(server_identity, engine=engine), body))
+    assert results["distinct"] is True
+    assert results["pair"] == [b"first", b"second"]

@@ -19,14 +19,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hypermesh_interfaces.v1 import common_pb2, security_pb2, security_pb2_grpc
+from trustchain.crypto.algorithms import KemAlgorithm
 from trustchain.crypto.channel import SecureChannel
-from trustchain.crypto.handshake import Initiator
+from trustchain.crypto.handshake import Initiator, Responder
 from trustchain.crypto.kem import KemPublicKey
 from trustchain.crypto.keystore import INSECURE_TEST_KDF_PARAMS, KeyStore
 from trustchain.crypto.sealed_box import seal
 from trustchain.crypto.signatures import SigningKey, VerifyKey
-from trustchain.errors import UntrustedPeer
-from trustchain.security_layer import SecurityLayerServicer, asset_key_names, serve
+from trustchain.errors import AlgorithmMismatch, ChannelClosed, UntrustedPeer
+from trustchain.security_layer import (
+    ChannelExists,
+    ChannelLimitReached,
+    SecurityLayerServicer,
+    asset_key_names,
+    serve,
+)
 
 SERVING_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -370,6 +377,92 @@ def test_concurrent_channels(
     with futures.ThreadPoolExecutor(len(identities)) as pool:
         results = list(pool.map(converse, identities))
     assert results == [i.public_key().key_id for i in identities]
+
+
+# -- adopted channels ----------------------------------------------------------------------------
+
+
+def handshake_elsewhere(
+    initiator_identity: SigningKey, responder_identity: SigningKey
+) -> tuple[SecureChannel, SecureChannel]:
+    """Run a whole handshake in process (as STOQ's channel export does over a QUIC stream)."""
+    initiator = Initiator(initiator_identity, expected_peer=responder_identity.public_key())
+    responder = Responder(
+        responder_identity, kem_algorithms=(KemAlgorithm.HYBRID_X25519_ML_KEM_1024,)
+    )
+    hello = responder.receive(initiator.start())
+    assert hello is not None
+    assert responder.receive(initiator.receive(hello)) is None
+    return initiator.channel, responder.channel
+
+
+def test_adopted_channel_is_served_by_the_transport_rpcs(
+    stub: security_pb2_grpc.SecurityLayerStub,
+    servicer: SecurityLayerServicer,
+    client_identity: SigningKey,
+    server_identity: SigningKey,
+) -> None:
+    remote, adopted = handshake_elsewhere(client_identity, server_identity)
+    described = servicer.adopt_channel(
+        adopted, kem_algorithm=KemAlgorithm.HYBRID_X25519_ML_KEM_1024
+    )
+    assert described.channel_id == remote.channel_id == adopted.channel_id
+    assert described.peer_id.id == client_identity.public_key().key_id
+    assert VerifyKey.from_bytes(described.peer_signing_public_key) == client_identity.public_key()
+    assert described.kem_algorithm == "hybrid-x25519-ml-kem-1024"
+    assert described.aead_algorithm == adopted.aead_algorithm.label
+
+    sealed = stub.EncryptTransport(
+        security_pb2.EncryptTransportRequest(
+            channel_id=described.channel_id, plaintext=b"from the service", associated_data=b"h"
+        )
+    )
+    assert remote.open(sealed.record, b"h") == b"from the service"
+    opened = stub.DecryptTransport(
+        security_pb2.DecryptTransportRequest(
+            channel_id=described.channel_id,
+            record=remote.seal(b"to the service", b"h"),
+            associated_data=b"h",
+        )
+    )
+    assert opened.plaintext == b"to the service"
+
+
+def test_adopt_refuses_duplicates_closed_channels_and_other_kems(
+    servicer: SecurityLayerServicer, client_identity: SigningKey, server_identity: SigningKey
+) -> None:
+    kem = KemAlgorithm.HYBRID_X25519_ML_KEM_1024
+    _, adopted = handshake_elsewhere(client_identity, server_identity)
+    servicer.adopt_channel(adopted, kem_algorithm=kem)
+    with pytest.raises(ChannelExists):
+        servicer.adopt_channel(adopted, kem_algorithm=kem)
+
+    _, other = handshake_elsewhere(client_identity, server_identity)
+    with pytest.raises(AlgorithmMismatch):
+        servicer.adopt_channel(other, kem_algorithm=KemAlgorithm.ML_KEM_1024)
+    other.close()
+    with pytest.raises(ChannelClosed):
+        servicer.adopt_channel(other, kem_algorithm=kem)
+
+
+def test_adopted_and_completed_channels_share_one_limit(
+    keystore: KeyStore, client_identity: SigningKey, server_identity: SigningKey
+) -> None:
+    small = SecurityLayerServicer(server_identity, keystore, max_channels=1)
+    server, port = serve(small)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = security_pb2_grpc.SecurityLayerStub(channel)
+            _, adopted = handshake_elsewhere(client_identity, server_identity)
+            small.adopt_channel(adopted, kem_algorithm=KemAlgorithm.HYBRID_X25519_ML_KEM_1024)
+            with pytest.raises(grpc.RpcError) as call:
+                open_channel(stub, client_identity, server_identity.public_key())
+            assert status_of(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
+            _, another = handshake_elsewhere(client_identity, server_identity)
+            with pytest.raises(ChannelLimitReached):
+                small.adopt_channel(another, kem_algorithm=KemAlgorithm.HYBRID_X25519_ML_KEM_1024)
+    finally:
+        server.stop(grace=None)
 
 
 # -- certificates --------------------------------------------------------------------------------

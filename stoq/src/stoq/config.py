@@ -35,7 +35,8 @@ class StoqConfig:
     * ``stream_high_water``: a writer waits while more than this many bytes of its stream are
       buffered and not yet acknowledged (flow control or congestion window full).
     * ``max_connections`` / ``max_pending_handshakes``: server-side limits; new connections past
-      them are dropped.
+      them are dropped. ``handshake_timeout``: a server closes a connection whose TLS handshake
+      and post-quantum session are not done within this many seconds.
     """
 
     identity: NodeIdentity
@@ -52,6 +53,7 @@ class StoqConfig:
     max_stream_data: int = 8 << 20
     stream_high_water: int = 1 << 20
     max_datagram_frame_size: int = 65536
+    handshake_timeout: float = 5.0
     max_connections: int = 4096
     max_pending_handshakes: int = 128
 

@@ -326,7 +326,10 @@ class StoqConnection:
         elif self._terminated.done():
             self._slots[unidirectional].release()
         self._check_open()
+        # The stream is opened in the engine at once (an empty write): engines record a stream
+        # only once data is sent on it, so two opens without a write would get the same id.
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+        self._quic.send_stream_data(stream_id, b"", False)
         stream = Stream(self, stream_id)
         self._streams[stream_id] = stream
         return stream
@@ -405,6 +408,11 @@ class StoqConnection:
             self._abort(ERROR_INTERNAL, f"internal error: {exc!r}")
             return
         self._process()
+
+    def abandon_handshake(self) -> None:
+        """Close the connection if its session is not established by now."""
+        if not self._established.done() and not self._terminated.done():
+            self._abort(ERROR_PROTOCOL, "handshake timed out")
 
     def path_error(self, error: OSError) -> None:
         """The path is refused or unreachable (an ICMP error on the connected socket)."""

@@ -231,6 +231,11 @@ class Endpoint:
         )
         self._pending += 1
         self._cids[connection] = set()
+        # A handshake that does not finish in time (e.g. a forged Initial that created state)
+        # gives its slot back instead of holding it for the whole idle timeout.
+        asyncio.get_running_loop().call_later(
+            self.config.handshake_timeout, connection.abandon_handshake
+        )
         self._connection_id(connection, cid, True)
         self._connection_id(connection, quic.host_cid, True)
         return connection
@@ -374,6 +379,8 @@ async def connect(
 
 
 def _is_address(host: str) -> bool:
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
     except OSError:

@@ -11,6 +11,9 @@ RPCs:
 * ``OpenChannel`` / ``CompleteChannel`` carry the three handshake messages. ``OpenChannel`` answers
   with the responder's message and a random *pending id* naming the half-open handshake; pending
   handshakes expire after ``handshake_ttl`` and their number is capped.
+* In process, :meth:`SecurityLayerServicer.adopt_channel` registers a channel whose handshake ran
+  elsewhere (e.g. STOQ's channel export over a QUIC stream), so that the RPCs below serve it like
+  one made by ``CompleteChannel``; both count against ``max_channels``.
 * ``EncryptTransport`` / ``DecryptTransport`` seal and open records on an established channel.
 * ``GenerateAssetKeys`` creates an asset's hybrid signing key and hybrid KEM key in the key store
   and returns the public halves. A second call for the same asset follows the request's
@@ -50,9 +53,20 @@ from trustchain.crypto.handshake import Responder
 from trustchain.crypto.keystore import KeyInfo, KeyStore
 from trustchain.crypto.signatures import SigningKey
 
+
+class ChannelLimitReached(errors.TrustChainError):
+    """The security layer already holds its ``max_channels`` channels; none can be added."""
+
+
+class ChannelExists(errors.TrustChainError):
+    """A channel with the same id is already registered (the same channel adopted twice)."""
+
+
 #: gRPC status for each TrustChain error; the first matching class (most specific first) wins.
 STATUS_OF: tuple[tuple[type[errors.TrustChainError], grpc.StatusCode], ...] = (
     (errors.UnknownTrustPolicy, grpc.StatusCode.NOT_FOUND),
+    (ChannelLimitReached, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ChannelExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.UntrustedPeer, grpc.StatusCode.PERMISSION_DENIED),
     (errors.HandshakeError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.InvalidSignature, grpc.StatusCode.UNAUTHENTICATED),
@@ -210,23 +224,33 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "CompleteChannel takes the final handshake message",
                 )
-            channel = pending.responder.channel
-            with self._lock:
-                if len(self._channels) >= self._max_channels:
-                    raise _Abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"{self._max_channels} channels already open",
-                    )
-                self._channels[channel.channel_id] = _Channel(channel, threading.Lock())
-            return common_pb2.SecureChannel(
-                channel_id=channel.channel_id,
-                peer_id=common_pb2.PeerId(id=channel.peer.key_id),
-                peer_signing_public_key=channel.peer.to_bytes(),
-                kem_algorithm=CHANNEL_KEM.label,
-                aead_algorithm=channel.aead_algorithm.label,
-                established_at=_timestamp(datetime.now().astimezone()),
-            )
+            # The responder was made to accept CHANNEL_KEM only (OpenChannel).
+            return self._register(pending.responder.channel, CHANNEL_KEM)
         raise AssertionError("unreachable: _handle aborts")  # pragma: no cover
+
+    def adopt_channel(
+        self, channel: SecureChannel, *, kem_algorithm: KemAlgorithm
+    ) -> common_pb2.SecureChannel:
+        """Register ``channel``, established by a handshake this service did not relay, and
+        describe it as ``CompleteChannel`` would: ``EncryptTransport`` and ``DecryptTransport``
+        then accept its ``channel_id``. Thread-safe.
+
+        ``kem_algorithm`` is the KEM the handshake agreed its keys with (the channel object does
+        not record it); it must be :data:`CHANNEL_KEM`, the only one this service accepts, or
+        :class:`~trustchain.errors.AlgorithmMismatch`. The channel now belongs to the service:
+        the caller must not seal or open with it any more, since the service's records and the
+        caller's would share one sequence space. :class:`~trustchain.errors.ChannelClosed` for a
+        closed channel, :class:`ChannelExists` if its id is registered already,
+        :class:`ChannelLimitReached` when ``max_channels`` are held.
+        """
+        if kem_algorithm != CHANNEL_KEM:
+            raise errors.AlgorithmMismatch(
+                f"this security layer holds {CHANNEL_KEM.label} channels only, "
+                f"not {kem_algorithm.label}"
+            )
+        if channel.closed:
+            raise errors.ChannelClosed("a closed channel cannot be adopted")
+        return self._register(channel, kem_algorithm)
 
     def EncryptTransport(
         self, request: security_pb2.EncryptTransportRequest, context: grpc.ServicerContext
@@ -343,6 +367,27 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
         except errors.KeyNotFound:
             return False
         return True
+
+    def _register(
+        self, channel: SecureChannel, kem_algorithm: KemAlgorithm
+    ) -> common_pb2.SecureChannel:
+        """Add an established channel to the table (within ``max_channels``); its description."""
+        with self._lock:
+            if channel.channel_id in self._channels:
+                # Never replace an entry: a second lock for the same channel would let two
+                # threads seal with one sequence counter at once.
+                raise ChannelExists(f"channel {channel.channel_id.hex()} is already registered")
+            if len(self._channels) >= self._max_channels:
+                raise ChannelLimitReached(f"{self._max_channels} channels already open")
+            self._channels[channel.channel_id] = _Channel(channel, threading.Lock())
+        return common_pb2.SecureChannel(
+            channel_id=channel.channel_id,
+            peer_id=common_pb2.PeerId(id=channel.peer.key_id),
+            peer_signing_public_key=channel.peer.to_bytes(),
+            kem_algorithm=kem_algorithm.label,
+            aead_algorithm=channel.aead_algorithm.label,
+            established_at=_timestamp(datetime.now().astimezone()),
+        )
 
     def _channel(self, channel_id: bytes) -> _Channel:
         _require_size("channel_id", channel_id, CHANNEL_ID_SIZE)
