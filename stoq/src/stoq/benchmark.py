@@ -68,6 +68,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import secrets
@@ -741,60 +742,33 @@ async def _serve_raw_quic(spec: ServerSpec, tasks: _Tasks) -> _Running:
     def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks.spawn(_count_quic_stream(reader, writer, meter))
 
-    loop = asyncio.get_running_loop()
-    if spec.impl == "aioquic":
-        from aioquic.asyncio.protocol import QuicConnectionProtocol
-        from aioquic.asyncio.server import QuicServer
-        from aioquic.quic.configuration import QuicConfiguration
-
-        config = QuicConfiguration(
-            is_client=False, alpn_protocols=[RAW_ALPN], max_datagram_size=spec.datagram_bytes
-        )
-        config.load_cert_chain(spec.cert, spec.key)
-
-        class MeteredServer(QuicServer):
-            def datagram_received(self, data: bytes | str, addr: Any) -> None:
-                meter.see(len(data))
-                super().datagram_received(data, addr)
-
-        transport, server = await loop.create_datagram_endpoint(
-            lambda: MeteredServer(
-                configuration=config,
-                create_protocol=QuicConnectionProtocol,
-                stream_handler=on_stream,
-            ),
-            local_addr=("127.0.0.1", 0),
-        )
-        return _Running(
-            int(transport.get_extra_info("sockname")[1]),
-            server.close,
-            lambda: {"largest_datagram": meter.largest},
-        )
-    from qh3.asyncio.protocol import QuicConnectionProtocol as Qh3Protocol
-    from qh3.asyncio.server import QuicServer as Qh3Server
-    from qh3.quic.configuration import QuicConfiguration as Qh3Configuration
-
-    qh3_config = Qh3Configuration(
+    # aioquic and qh3 share this API; only the package name differs.
+    package = spec.impl
+    protocol = importlib.import_module(f"{package}.asyncio.protocol")
+    server_module = importlib.import_module(f"{package}.asyncio.server")
+    configuration = importlib.import_module(f"{package}.quic.configuration")
+    config = configuration.QuicConfiguration(
         is_client=False, alpn_protocols=[RAW_ALPN], max_datagram_size=spec.datagram_bytes
     )
-    qh3_config.load_cert_chain(spec.cert, spec.key)
+    config.load_cert_chain(spec.cert, spec.key)
+    base: Any = server_module.QuicServer
 
-    class MeteredQh3Server(Qh3Server):
+    class MeteredServer(base):  # type: ignore[misc]
         def datagram_received(self, data: bytes | str, addr: Any) -> None:
             meter.see(len(data))
             super().datagram_received(data, addr)
 
-    qh3_transport, qh3_server = await loop.create_datagram_endpoint(
-        lambda: MeteredQh3Server(
-            configuration=qh3_config,
-            create_protocol=Qh3Protocol,
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: MeteredServer(
+            configuration=config,
+            create_protocol=protocol.QuicConnectionProtocol,
             stream_handler=on_stream,
         ),
         local_addr=("127.0.0.1", 0),
     )
     return _Running(
-        int(qh3_transport.get_extra_info("sockname")[1]),
-        qh3_server.close,
+        int(transport.get_extra_info("sockname")[1]),
+        server.close,
         lambda: {"largest_datagram": meter.largest},
     )
 

@@ -287,6 +287,11 @@ class StoqConnection:
         return self._peer
 
     @property
+    def established(self) -> bool:
+        """Whether the peer is authenticated and the post-quantum session is up."""
+        return self._peer is not None
+
+    @property
     def channel(self) -> SecureChannel:
         """The post-quantum channel protecting this connection's data."""
         return self._channel_for_data()

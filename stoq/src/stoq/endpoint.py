@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from stoq import engine as eng
 from stoq.config import PATH_MTU, StoqConfig
 from stoq.connection import StoqConnection
-from stoq.errors import ConnectError, ConnectionLost, PeerRejected, StoqError
+from stoq.errors import ConnectError, ConnectionLost, PeerRejected
 from stoq.happy_eyeballs import ResolvedAddress, race
 from stoq.session import ERROR_PEER_REJECTED
 from stoq.udp import Address, Batch, BatchSocket, open_socket
@@ -261,9 +261,7 @@ class Endpoint:
         for cid in cids:
             if self._by_cid.get(cid) is connection:
                 del self._by_cid[cid]
-        try:
-            connection.peer  # noqa: B018 - established connections were counted out already
-        except StoqError:
+        if not connection.established:
             self._pending -= 1
 
 

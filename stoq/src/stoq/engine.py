@@ -207,10 +207,10 @@ class Engine(abc.ABC):
         self._connection_class = connection.QuicConnection
         self._configuration_class = configuration.QuicConfiguration
         self._events = events
+        self._handshake_completed = events.HandshakeCompleted
         self._translators: dict[type, Any] = {
             events.StreamDataReceived: lambda e: StreamData(e.stream_id, e.data, e.end_stream),
             events.DatagramFrameReceived: lambda e: DatagramReceived(e.data),
-            events.HandshakeCompleted: lambda e: HandshakeDone(e.alpn_protocol, None),
             events.StreamReset: lambda e: StreamReset(e.stream_id, e.error_code),
             events.StopSendingReceived: lambda e: StopSending(e.stream_id, e.error_code),
             events.ConnectionTerminated: lambda e: Terminated(e.error_code, e.reason_phrase),
@@ -274,12 +274,12 @@ class Engine(abc.ABC):
         """The connection's pending events, translated; events STOQ does not use are skipped."""
         translators = self._translators
         while (event := connection.next_event()) is not None:
+            if type(event) is self._handshake_completed:
+                yield HandshakeDone(event.alpn_protocol, self.key_exchange_group(connection))
+                continue
             translate = translators.get(type(event))
             if translate is not None:
-                translated: EngineEvent = translate(event)
-                if isinstance(translated, HandshakeDone):
-                    translated = HandshakeDone(translated.alpn, self.key_exchange_group(connection))
-                yield translated
+                yield translate(event)
 
     def receive_datagrams(
         self, connection: QuicConnectionLike, datagrams: Sequence[bytes], addr: Any, now: float
