@@ -186,7 +186,11 @@ async def _connect(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from stoq import benchmark
 
-    for record in benchmark.run_comparison(mb=args.mb, repeats=args.repeats):
+    # STOQ is measured on every installed QUIC engine; each record names its engine.
+    records = benchmark.run_comparison(
+        mb=args.mb, repeats=args.repeats, engines=available_engines()
+    )
+    for record in records:
         payload = record.to_json()
         if args.json:
             _emit(payload)

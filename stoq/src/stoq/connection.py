@@ -482,7 +482,7 @@ class StoqConnection:
             return
         now = self._loop.time()
         try:
-            datagrams = self._quic.datagrams_to_send(now=now)
+            datagrams = self._engine.datagrams_to_send(self._quic, now)
         except Exception as exc:  # an engine bug costs this connection, not the node
             log.exception("QUIC engine failed while sending")
             self._quic_failed = True

@@ -265,6 +265,8 @@ class BatchSocket:
                 # be on the wire; QUIC's loss recovery and timers report it. A connected
                 # socket's owner hears of it at once.
                 log.debug("send to %s failed: %s", address, exc)
+                if exc.errno == errno.EMSGSIZE:
+                    continue  # a path-MTU probe too large for the route: lost, not refused
                 if self._on_error is not None and self._peer is not None:
                     self._on_error(exc)
                 continue
