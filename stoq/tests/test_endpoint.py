@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from stoq.config import StoqConfig
-from stoq.connection import StoqConnection
+from stoq.connection import StoqConnection, Stream
 from stoq.endpoint import Endpoint, connect
 from stoq.engine import available_engines
 from stoq.errors import ConnectError, ConnectionLost, MessageTooLarge, PeerRejected, StreamClosed
@@ -201,6 +201,62 @@ def test_many_concurrent_streams_unidirectional_and_datagrams(
     assert results["streams"] == [True] * 100
     assert results["uni_total"] == 100_000
     assert results["datagram"] == b"ping-datagram"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_streams_beyond_the_peers_limit_wait_for_credit(
+    pki: Pki, server_identity: NodeIdentity, client_identity: NodeIdentity, engine: str
+) -> None:
+    """100 streams held open at once (plus the control stream), then 300 more in waves: opens
+    past the peer's MAX_STREAMS wait for credit instead of failing in the engine."""
+    results: dict[str, object] = {}
+
+    async def answer_once(stream: Stream) -> None:
+        await stream.send(await stream.receive(), end_stream=True)
+
+    async def serve(connection: StoqConnection) -> None:
+        try:
+            while True:
+                _spawn(answer_once(await connection.accept_stream()))
+        except ConnectionLost:
+            return
+
+    async def body(endpoint: Endpoint) -> None:
+        connection = await connect(
+            pki.config(client_identity, engine=engine),
+            "::1",
+            endpoint.port,
+            server_name=SERVER_NAME,
+        )
+        release = asyncio.Event()
+
+        async def held(index: int) -> bool:
+            # The server has ended its side first, so this side's finish() frees the slot at
+            # once, before the server has even seen the FIN (let alone raised MAX_STREAMS).
+            stream = await connection.open_stream()
+            await stream.send(index.to_bytes(4, "big"))
+            ok = await stream.receive() == index.to_bytes(4, "big")
+            with pytest.raises(StreamClosed):
+                await stream.receive()
+            await release.wait()
+            await stream.finish()
+            return ok
+
+        quick = held
+
+        holders = [asyncio.ensure_future(held(i)) for i in range(100)]
+        late = [asyncio.ensure_future(quick(100 + i)) for i in range(300)]
+        await asyncio.sleep(0.2)
+        results["late_done_while_held"] = sum(task.done() for task in late)
+        release.set()
+        results["held"] = await asyncio.gather(*holders)
+        results["late"] = await asyncio.gather(*late)
+        await connection.close()
+
+    run(_serving(pki.config(server_identity, engine=engine), body, on_accept=serve))
+    assert results["late_done_while_held"] == 0  # no slot while 100 streams are held open
+    assert results["held"] == [True] * 100
+    assert results["late"] == [True] * 300
 
 
 @pytest.mark.parametrize("engine", ENGINES)

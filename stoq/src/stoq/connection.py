@@ -330,14 +330,35 @@ class StoqConnection:
             acquire.cancel()
         elif self._terminated.done():
             self._slots[unidirectional].release()
-        self._check_open()
+        try:
+            self._check_open()
+            stream_id = await self._stream_credit(unidirectional)
+        except BaseException:
+            self._slots[unidirectional].release()
+            raise
         # The stream is opened in the engine at once (an empty write): engines record a stream
         # only once data is sent on it, so two opens without a write would get the same id.
-        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
         self._quic.send_stream_data(stream_id, b"", False)
         stream = Stream(self, stream_id)
         self._streams[stream_id] = stream
         return stream
+
+    async def _stream_credit(self, unidirectional: bool) -> int:
+        """The id of the next stream, once the peer's stream limit (MAX_STREAMS) allows it.
+
+        The slot semaphore frees a slot as soon as this side sees a stream end; the peer
+        raises its limit a little later, when it has retired the stream too.
+        """
+        while True:
+            stream_id = self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+            if not self._engine.stream_blocked(self._quic, stream_id):
+                return stream_id
+            self._writers.clear()
+            waiter = asyncio.ensure_future(self._writers.wait())
+            waiters: set[asyncio.Future[Any]] = {waiter, self._terminated}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            self._check_open()
 
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened. :class:`ConnectionLost` once the connection ends."""

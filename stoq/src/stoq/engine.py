@@ -293,6 +293,11 @@ class Engine(abc.ABC):
         """The datagrams ``connection`` has to send now."""
         return connection.datagrams_to_send(now=now)
 
+    def stream_blocked(self, connection: QuicConnectionLike, stream_id: int) -> bool:
+        """Whether opening ``stream_id`` now would exceed the peer's stream limit. aioquic
+        queues such a stream itself (STREAMS_BLOCKED) and sends when the limit rises."""
+        return False
+
     @abc.abstractmethod
     def send_buffered(self, connection: QuicConnectionLike, stream_id: int) -> int:
         """Bytes written to ``stream_id`` that the peer has not acknowledged yet."""
@@ -392,6 +397,15 @@ class _Qh3(Engine):
         except RuntimeError as exc:
             raise StoqError(f"qh3: {exc}") from exc
         return datagrams
+
+    def stream_blocked(self, connection: QuicConnectionLike, stream_id: int) -> bool:
+        # qh3 refuses (ValueError) a stream beyond the peer's cumulative MAX_STREAMS limit.
+        limit = (
+            connection.max_concurrent_uni_streams  # type: ignore[attr-defined]
+            if stream_id & 2
+            else connection.max_concurrent_bidi_streams  # type: ignore[attr-defined]
+        )
+        return stream_id >> 2 >= int(limit)
 
     def send_buffered(self, connection: QuicConnectionLike, stream_id: int) -> int:
         return int(connection.get_send_buffer_size(stream_id))  # type: ignore[attr-defined]
