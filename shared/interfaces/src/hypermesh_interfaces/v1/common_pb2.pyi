@@ -612,10 +612,15 @@ class ChunkInclusionProof(_message.Message):
     CHUNK_INDEX_FIELD_NUMBER: _builtins.int
     CHUNK_DIGEST_FIELD_NUMBER: _builtins.int
     SIBLING_HASHES_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
     chunk_index: _builtins.int
     """Index of the chunk among the asset's chunks (the Merkle leaf index), 0-based."""
     chunk_digest: _builtins.bytes
     """SHA-256 of the chunk's content (the leaf value)."""
+    chunk: _builtins.bytes
+    """The chunk's content; chunk_digest must be its SHA-256. Custody is proven with the data
+    itself, since a holder could keep the digests alone.
+    """
     @_builtins.property
     def sibling_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Sibling hashes from the leaf up to (not including) the root, leaf level first."""
@@ -626,10 +631,11 @@ class ChunkInclusionProof(_message.Message):
         chunk_index: _builtins.int = ...,
         chunk_digest: _builtins.bytes = ...,
         sibling_hashes: _abc.Iterable[_builtins.bytes] | None = ...,
+        chunk: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_digest", b"chunk_digest", "chunk_index", b"chunk_index", "sibling_hashes", b"sibling_hashes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "chunk_digest", b"chunk_digest", "chunk_index", b"chunk_index", "sibling_hashes", b"sibling_hashes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -652,6 +658,9 @@ class SpaceProof(_message.Message):
     STORAGE_ADDRESS_FIELD_NUMBER: _builtins.int
     STORAGE_ZONE_FIELD_NUMBER: _builtins.int
     NODE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    STORAGE_NODE_CERTIFICATE_CHAIN_FIELD_NUMBER: _builtins.int
+    PLOT_SEED_FIELD_NUMBER: _builtins.int
+    CUSTODY_CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     pos_proof: _builtins.bytes
     """Chia proof of space (chiapos): the proof's 64 x-values packed as k bits each (8*k bytes)."""
     plot_id: _builtins.bytes
@@ -672,6 +681,10 @@ class SpaceProof(_message.Message):
     """The storage node's signature over this message (identity key of storage_node_id), a
     TrustChain signature envelope.
     """
+    plot_seed: _builtins.bytes
+    """The plot's seed, 32 bytes: plot_id is derived from the storage node's key and this seed."""
+    custody_chunk_count: _builtins.int
+    """Custody: number of chunks under custody_merkle_root (the Merkle tree size)."""
     @_builtins.property
     def custody_proofs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkInclusionProof]:
         """Custody: inclusion proofs for the challenged chunks, one per chunk, in challenge order."""
@@ -683,6 +696,12 @@ class SpaceProof(_message.Message):
     @_builtins.property
     def storage_address(self) -> Global___NetworkAddress:
         """Storage location: the address that node serves the data at."""
+
+    @_builtins.property
+    def storage_node_certificate_chain(self) -> Global___CertificateChain:
+        """Certificate chain of the storage node's identity key, leaf first; the leaf key's id is
+        storage_node_id.
+        """
 
     def __init__(
         self,
@@ -698,10 +717,13 @@ class SpaceProof(_message.Message):
         storage_address: Global___NetworkAddress | None = ...,
         storage_zone: _builtins.str = ...,
         node_signature: _builtins.bytes = ...,
+        storage_node_certificate_chain: Global___CertificateChain | None = ...,
+        plot_seed: _builtins.bytes = ...,
+        custody_chunk_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_address", b"storage_address", "storage_node_id", b"storage_node_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["storage_address", b"storage_address", "storage_node_certificate_chain", b"storage_node_certificate_chain", "storage_node_id", b"storage_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "custody_merkle_root", b"custody_merkle_root", "custody_proofs", b"custody_proofs", "k", b"k", "node_signature", b"node_signature", "plot_id", b"plot_id", "pos_proof", b"pos_proof", "quality", b"quality", "storage_address", b"storage_address", "storage_node_id", b"storage_node_id", "storage_zone", b"storage_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "custody_chunk_count", b"custody_chunk_count", "custody_merkle_root", b"custody_merkle_root", "custody_proofs", b"custody_proofs", "k", b"k", "node_signature", b"node_signature", "plot_id", b"plot_id", "plot_seed", b"plot_seed", "pos_proof", b"pos_proof", "quality", b"quality", "storage_address", b"storage_address", "storage_node_certificate_chain", b"storage_node_certificate_chain", "storage_node_id", b"storage_node_id", "storage_zone", b"storage_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

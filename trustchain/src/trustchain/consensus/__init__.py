@@ -1,0 +1,1 @@
+"""HyperMesh consensus: the four proofs every asset state carries (:mod:`.proofs`)."""
