@@ -10,6 +10,8 @@
 * WHEN — :mod:`.timing`: a Wesolowski VDF (chiavdf) over the previous state hash, plus a
   SHA-256 hash chain ordering events.
 
-:mod:`.bundle` ties them together and validates all four; :mod:`.presets` holds every
-threshold; :mod:`.challenges` derives every challenge from the chain of states.
+:mod:`.presets` holds every threshold; :mod:`.challenges` derives every challenge from the chain
+of states. Not landed yet (issue 5 is open): the proof of space itself (``plots``, ``space``),
+the bundle that validates all four together, ``ConsensusLayer.ValidateFourProofs`` and the
+``trustchain proofs`` commands.
 """
