@@ -72,15 +72,18 @@ from hypermesh_interfaces.v1 import common_pb2
 from trustchain import sqlite_db
 from trustchain.ca import hybrid
 from trustchain.ca.trust import TrustLevel, TrustStore
-from trustchain.ca.validation import validate
+from trustchain.consensus.proofs import signers
 from trustchain.consensus.proofs.challenges import ASSET_ID_SIZE, HASH_SIZE
 from trustchain.consensus.proofs.presets import Preset
 from trustchain.consensus.proofs.rejections import ProofKind, ProofReason, ProofRejected
-from trustchain.crypto.algorithms import SignatureAlgorithm
+from trustchain.consensus.proofs.signers import (
+    MAX_CERTIFICATE_SIZE,
+    MAX_CHAIN_CERTIFICATES,
+    MAX_SIGNATURE_SIZE,
+)
 from trustchain.crypto.signatures import Signature, VerifyKey
 from trustchain.errors import (
     AlgorithmMismatch,
-    CertificateRejected,
     InvalidSignature,
     MalformedData,
     TrustChainError,
@@ -115,12 +118,6 @@ STAKE_ENTRY_LABEL: Final = b"hypermesh/stake-registry-entry/v1\x00"
 KEY_ID_SIZE: Final = 32
 #: Balances (and sequence numbers) are below this: they fit SQLite's signed 64-bit integers.
 MAX_BALANCE: Final = (1 << 63) - 1
-#: At most this many certificates in an owner chain (validation itself stops at 8 per path).
-MAX_CHAIN_CERTIFICATES: Final = 16
-#: Largest certificate accepted, in bytes (a hybrid certificate is about 4.5 KB).
-MAX_CERTIFICATE_SIZE: Final = 64 * 1024
-#: Largest owner signature accepted, in bytes (a hybrid signature is at most 1,550).
-MAX_SIGNATURE_SIZE: Final = 4096
 #: Version of the registry database layout.
 SCHEMA_VERSION: Final = "1"
 
@@ -128,7 +125,6 @@ _UINT64_LIMIT: Final = 1 << 64
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _ENTRY_FIELDS: Final = struct.Struct(">QQq")
-_HYBRID: Final = SignatureAlgorithm.HYBRID_ED25519_FALCON_1024
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
@@ -270,40 +266,8 @@ def _decoded_parts(
             ProofReason.MALFORMED,
             f"state digest is {len(proof.state_digest)} bytes, expected {HASH_SIZE}",
         )
-    if len(ders) > MAX_CHAIN_CERTIFICATES:
-        raise _reject(
-            ProofReason.MALFORMED,
-            f"{len(ders)} certificates in the chain, at most {MAX_CHAIN_CERTIFICATES}",
-        )
-    if len(proof.owner_signature) > MAX_SIGNATURE_SIZE:
-        raise _reject(
-            ProofReason.MALFORMED,
-            f"owner signature is {len(proof.owner_signature)} bytes, at most {MAX_SIGNATURE_SIZE}",
-        )
-    certificates: list[x509.Certificate] = []
-    for index, der in enumerate(ders):
-        if len(der) > MAX_CERTIFICATE_SIZE:
-            raise _reject(
-                ProofReason.MALFORMED,
-                f"certificate {index} is {len(der)} bytes, at most {MAX_CERTIFICATE_SIZE}",
-            )
-        try:
-            certificates.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
-            raise _reject(
-                ProofReason.MALFORMED, f"certificate {index} does not decode: {exc}"
-            ) from exc
-    try:
-        signature = Signature.from_bytes(proof.owner_signature)
-    except UnknownAlgorithm as exc:
-        raise _reject(ProofReason.UNSUPPORTED_ALGORITHM, f"owner signature: {exc}") from exc
-    except MalformedData as exc:
-        raise _reject(ProofReason.MALFORMED, f"owner signature does not decode: {exc}") from exc
-    if signature.algorithm is not _HYBRID:
-        raise _reject(
-            ProofReason.UNSUPPORTED_ALGORITHM,
-            f"owner signature is {signature.algorithm.label}, expected {_HYBRID.label}",
-        )
+    certificates = signers.decode_chain(ders, ProofKind.STAKE)
+    signature = signers.decode_signature(proof.owner_signature, ProofKind.STAKE, "owner signature")
     return asset, certificates, signature
 
 
@@ -353,21 +317,9 @@ def verify_stake(
         )
     if proof.state_digest != expected_state_digest:
         raise _reject(ProofReason.INCONSISTENT, "proof is for another state digest")
-    try:
-        report = validate(certificates, trust_store, at=at, clock_skew=preset.clock_skew)
-    except CertificateRejected as exc:
-        raise ProofRejected(
-            ProofKind.CERTIFICATE_CHAIN,
-            ProofReason(exc.reason.proto_code),
-            f"owner certificate chain: {exc}",
-        ) from exc
-    if report.trust_level < preset.min_trust_level:
-        raise ProofRejected(
-            ProofKind.CERTIFICATE_CHAIN,
-            ProofReason.UNTRUSTED_ROOT,
-            f"owner certificate chain is trusted {report.trust_level.name}, the "
-            f"{preset.name} preset requires {preset.min_trust_level.name}",
-        )
+    report = signers.validate_signer(
+        certificates, trust_store=trust_store, preset=preset, at=at, whose="owner"
+    )
     try:
         report.leaf_key.verify(signature, stake_signing_bytes(proof))
     except (InvalidSignature, AlgorithmMismatch) as exc:
