@@ -10,8 +10,9 @@
 * WHEN — :mod:`.timing`: a Wesolowski VDF (chiavdf) over the previous state hash, plus a
   SHA-256 hash chain ordering events.
 
-:mod:`.presets` holds every threshold; :mod:`.challenges` derives every challenge from the chain
-of states. Not landed yet (issue 5 is open): the proof of space itself (``plots``, ``space``),
-the bundle that validates all four together, ``ConsensusLayer.ValidateFourProofs`` and the
-``trustchain proofs`` commands.
+:mod:`.bundle` validates all four together and chains versions (each builds on the previous
+state's combined hash); :mod:`.presets` holds every threshold; :mod:`.challenges` derives every
+challenge from the chain of states; :mod:`.signers` decodes and validates who signed a proof;
+:mod:`.local_network` is a one-machine proving setup (own CA, log, registry, plots) used by the
+``trustchain proofs`` commands, the demo, tests and benchmarks.
 """
