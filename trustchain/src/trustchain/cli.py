@@ -11,6 +11,12 @@ Usage (global options come before the command)::
     trustchain [--home DIR] keys export-public NAME [--version N] [--out FILE] [--armor]
     trustchain [--home DIR] sign NAME FILE [--out SIG]          (binary signature on stdout)
     trustchain [--home DIR] verify NAME FILE SIG
+    trustchain [--home DIR] proofs prove ASSET_NAME --data FILE --preset NAME --out BUNDLE
+                                         [--previous PREV_BUNDLE] [--stake N]
+    trustchain [--home DIR] proofs verify BUNDLE [--previous PREV_BUNDLE] [--preset NAME]
+    trustchain [--home DIR] proofs stake [--set N]
+
+(``proofs``: see :mod:`trustchain.consensus.proofs.commands`.)
 
 The store lives in ``--home``, else ``$TRUSTCHAIN_HOME``, else ``~/.trustchain``. The passphrase
 comes from ``--passphrase-file`` (one trailing newline is stripped), else
@@ -48,6 +54,7 @@ from trustchain.cli_common import (
     read_input,
     write_binary,
 )
+from trustchain.consensus.proofs.commands import add_proofs_commands
 from trustchain.crypto.algorithms import KemAlgorithm, SignatureAlgorithm
 from trustchain.crypto.keystore import DetachedSignature, KeyInfo
 from trustchain.crypto.signatures import VerifyKey
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_actions = add_ca_commands(commands)
     add_verify_command(ca_actions)
     add_ct_commands(commands)
+    add_proofs_commands(commands)
     return parser
 
 

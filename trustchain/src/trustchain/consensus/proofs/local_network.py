@@ -43,7 +43,13 @@ from trustchain.consensus.proofs.bundle import (
     prove_four_proofs,
     validate_four_proofs,
 )
-from trustchain.consensus.proofs.plots import Plot, create_plot, open_plot, plot_filename
+from trustchain.consensus.proofs.plots import (
+    Plot,
+    create_plot,
+    find_plots,
+    open_plot,
+    plot_filename,
+)
 from trustchain.consensus.proofs.presets import Preset
 from trustchain.consensus.proofs.stake import StakeEntry, StakeNotFound, StakeRegistry
 from trustchain.crypto.keystore import KeyStore
@@ -235,7 +241,7 @@ class LocalNetwork:
         about a second and 4 MiB, each step of k doubles both)."""
         directory = self._directory / "plots"
         directory.mkdir(exist_ok=True)
-        found = sorted(directory.glob(f"plot-k{k}-*.plot"))
+        found = find_plots(directory, k)
         if found:
             return open_plot(found[0], self.node_key)
         plot = create_plot(directory, self.node_key, k)

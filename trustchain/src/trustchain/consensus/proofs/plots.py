@@ -77,6 +77,7 @@ __all__ = [
     "PlotMismatch",
     "PlottingFailed",
     "create_plot",
+    "find_plots",
     "open_plot",
     "plot_filename",
     "plot_id",
@@ -173,6 +174,12 @@ def plot_memo(node_key_id: bytes, seed: bytes) -> bytes:
 def plot_filename(k: int, plot_id_value: bytes) -> str:
     """The file name of a plot: ``plot-k<k>-<plot id, lowercase hex>.plot``."""
     return f"plot-k{k}-{plot_id_value.hex()}.plot"
+
+
+def find_plots(directory: Path, k: int) -> list[Path]:
+    """The files named like plots of size ``k`` in ``directory`` (see :func:`plot_filename`),
+    sorted by name; none if the directory does not exist. Open them with :func:`open_plot`."""
+    return sorted(directory.glob(f"plot-k{k}-*.plot")) if directory.is_dir() else []
 
 
 def proof_size(k: int) -> int:
