@@ -20,7 +20,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from hypermesh_interfaces.v1 import common_pb2, consensus_pb2, consensus_pb2_grpc
+from hypermesh_interfaces.v1 import common_pb2, consensus_pb2, consensus_pb2_grpc, ledger_pb2
 from trustchain.consensus.proofs import work
 from trustchain.consensus.proofs.bundle import (
     MAX_BUNDLE_BYTES,
@@ -486,7 +486,9 @@ def test_record_asset_state_names_the_ledger_issue(
     stub: consensus_pb2_grpc.ConsensusLayerStub, v0: common_pb2.FourProof
 ) -> None:
     with pytest.raises(grpc.RpcError) as call:
-        stub.RecordAssetState(consensus_pb2.RecordAssetStateRequest(proofs=v0))
+        stub.RecordAssetState(
+            consensus_pb2.RecordAssetStateRequest(change=ledger_pb2.AssetStateChange(proofs=v0))
+        )
     assert LEDGER_ISSUE == 6
     assert failed(call) == (
         grpc.StatusCode.UNIMPLEMENTED,

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hypermesh_interfaces import common_pb2, consensus_pb2, security_pb2
+from hypermesh_interfaces import common_pb2, consensus_pb2, ledger_pb2, security_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -174,15 +174,19 @@ def test_secure_channel_round_trips(
     assert parsed.established_at.nanos == established_at.nanos
 
 
-@given(proofs=four_proofs)
-def test_four_proofs_round_trip_inside_a_request(proofs: common_pb2.FourProof) -> None:
-    message = consensus_pb2.RecordAssetStateRequest(proofs=proofs)
+@given(proofs=four_proofs, epoch=st.integers(0, 2**64 - 1), signature=st.binary(max_size=64))
+def test_four_proofs_round_trip_inside_a_request(
+    proofs: common_pb2.FourProof, epoch: int, signature: bytes
+) -> None:
+    change = ledger_pb2.AssetStateChange(proofs=proofs, epoch=epoch, owner_signature=signature)
+    message = consensus_pb2.RecordAssetStateRequest(change=change)
     parsed = round_trip(message)
     assert parsed == message
-    assert parsed.proofs.space.custody_proofs == proofs.space.custody_proofs
-    assert parsed.proofs.stake.stake_amount == proofs.stake.stake_amount
-    assert parsed.proofs.work.nonce == proofs.work.nonce
-    assert parsed.proofs.time.vdf.iterations == proofs.time.vdf.iterations
+    assert parsed.change.proofs.space.custody_proofs == proofs.space.custody_proofs
+    assert parsed.change.proofs.stake.stake_amount == proofs.stake.stake_amount
+    assert parsed.change.proofs.work.nonce == proofs.work.nonce
+    assert parsed.change.proofs.time.vdf.iterations == proofs.time.vdf.iterations
+    assert (parsed.change.epoch, parsed.change.owner_signature) == (epoch, signature)
     # Deterministic serialization is what signatures inside the proofs are computed over.
     assert parsed.SerializeToString(deterministic=True) == message.SerializeToString(
         deterministic=True

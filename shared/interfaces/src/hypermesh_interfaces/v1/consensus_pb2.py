@@ -23,27 +23,28 @@ _sym_db = _symbol_database.Default()
 
 
 from hypermesh_interfaces.v1 import common_pb2 as hypermesh_dot_v1_dot_common__pb2
+from hypermesh_interfaces.v1 import ledger_pb2 as hypermesh_dot_v1_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chypermesh/v1/consensus.proto\x12\x0chypermesh.v1\x1a\x19hypermesh/v1/common.proto\"D\n\x19ValidateFourProofsRequest\x12\'\n\x06proofs\x18\x01 \x01(\x0b\x32\x17.hypermesh.v1.FourProof\"L\n\x1aValidateFourProofsResponse\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.hypermesh.v1.ValidationResult\"B\n\x17RecordAssetStateRequest\x12\'\n\x06proofs\x18\x01 \x01(\x0b\x32\x17.hypermesh.v1.FourProof\"r\n\x18RecordAssetStateResponse\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.hypermesh.v1.ValidationResult\x12&\n\x05state\x18\x02 \x01(\x0b\x32\x17.hypermesh.v1.StateHash\"d\n\x15\x43rossChainSyncRequest\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.hypermesh.v1.ChainState\x12\x0f\n\x07\x64st_eid\x18\x02 \x01(\r\x12\x10\n\x08receiver\x18\x03 \x01(\x0c\"B\n\x16\x43rossChainSyncResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.hypermesh.v1.SyncResult2\xb9\x02\n\x0e\x43onsensusLayer\x12g\n\x12ValidateFourProofs\x12\'.hypermesh.v1.ValidateFourProofsRequest\x1a(.hypermesh.v1.ValidateFourProofsResponse\x12\x61\n\x10RecordAssetState\x12%.hypermesh.v1.RecordAssetStateRequest\x1a&.hypermesh.v1.RecordAssetStateResponse\x12[\n\x0e\x43rossChainSync\x12#.hypermesh.v1.CrossChainSyncRequest\x1a$.hypermesh.v1.CrossChainSyncResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1chypermesh/v1/consensus.proto\x12\x0chypermesh.v1\x1a\x19hypermesh/v1/common.proto\x1a\x19hypermesh/v1/ledger.proto\"D\n\x19ValidateFourProofsRequest\x12\'\n\x06proofs\x18\x01 \x01(\x0b\x32\x17.hypermesh.v1.FourProof\"L\n\x1aValidateFourProofsResponse\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.hypermesh.v1.ValidationResult\"O\n\x17RecordAssetStateRequest\x12.\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x1e.hypermesh.v1.AssetStateChangeJ\x04\x08\x01\x10\x02\"r\n\x18RecordAssetStateResponse\x12.\n\x06result\x18\x01 \x01(\x0b\x32\x1e.hypermesh.v1.ValidationResult\x12&\n\x05state\x18\x02 \x01(\x0b\x32\x17.hypermesh.v1.StateHash\"d\n\x15\x43rossChainSyncRequest\x12(\n\x06source\x18\x01 \x01(\x0b\x32\x18.hypermesh.v1.ChainState\x12\x0f\n\x07\x64st_eid\x18\x02 \x01(\r\x12\x10\n\x08receiver\x18\x03 \x01(\x0c\"B\n\x16\x43rossChainSyncResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.hypermesh.v1.SyncResult2\xb9\x02\n\x0e\x43onsensusLayer\x12g\n\x12ValidateFourProofs\x12\'.hypermesh.v1.ValidateFourProofsRequest\x1a(.hypermesh.v1.ValidateFourProofsResponse\x12\x61\n\x10RecordAssetState\x12%.hypermesh.v1.RecordAssetStateRequest\x1a&.hypermesh.v1.RecordAssetStateResponse\x12[\n\x0e\x43rossChainSync\x12#.hypermesh.v1.CrossChainSyncRequest\x1a$.hypermesh.v1.CrossChainSyncResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hypermesh_interfaces.v1.consensus_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALIDATEFOURPROOFSREQUEST']._serialized_start=73
-  _globals['_VALIDATEFOURPROOFSREQUEST']._serialized_end=141
-  _globals['_VALIDATEFOURPROOFSRESPONSE']._serialized_start=143
-  _globals['_VALIDATEFOURPROOFSRESPONSE']._serialized_end=219
-  _globals['_RECORDASSETSTATEREQUEST']._serialized_start=221
-  _globals['_RECORDASSETSTATEREQUEST']._serialized_end=287
-  _globals['_RECORDASSETSTATERESPONSE']._serialized_start=289
-  _globals['_RECORDASSETSTATERESPONSE']._serialized_end=403
-  _globals['_CROSSCHAINSYNCREQUEST']._serialized_start=405
-  _globals['_CROSSCHAINSYNCREQUEST']._serialized_end=505
-  _globals['_CROSSCHAINSYNCRESPONSE']._serialized_start=507
-  _globals['_CROSSCHAINSYNCRESPONSE']._serialized_end=573
-  _globals['_CONSENSUSLAYER']._serialized_start=576
-  _globals['_CONSENSUSLAYER']._serialized_end=889
+  _globals['_VALIDATEFOURPROOFSREQUEST']._serialized_start=100
+  _globals['_VALIDATEFOURPROOFSREQUEST']._serialized_end=168
+  _globals['_VALIDATEFOURPROOFSRESPONSE']._serialized_start=170
+  _globals['_VALIDATEFOURPROOFSRESPONSE']._serialized_end=246
+  _globals['_RECORDASSETSTATEREQUEST']._serialized_start=248
+  _globals['_RECORDASSETSTATEREQUEST']._serialized_end=327
+  _globals['_RECORDASSETSTATERESPONSE']._serialized_start=329
+  _globals['_RECORDASSETSTATERESPONSE']._serialized_end=443
+  _globals['_CROSSCHAINSYNCREQUEST']._serialized_start=445
+  _globals['_CROSSCHAINSYNCREQUEST']._serialized_end=545
+  _globals['_CROSSCHAINSYNCRESPONSE']._serialized_start=547
+  _globals['_CROSSCHAINSYNCRESPONSE']._serialized_end=613
+  _globals['_CONSENSUSLAYER']._serialized_start=616
+  _globals['_CONSENSUSLAYER']._serialized_end=929
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ other chains.
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from hypermesh_interfaces.v1 import common_pb2 as _common_pb2
+from hypermesh_interfaces.v1 import ledger_pb2 as _ledger_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -67,19 +68,21 @@ Global___ValidateFourProofsResponse: _TypeAlias = ValidateFourProofsResponse  # 
 class RecordAssetStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    PROOFS_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def proofs(self) -> _common_pb2.FourProof:
-        """The proofs of the state to record (asset, version and state digest from proofs.stake)."""
+    def change(self) -> _ledger_pb2.AssetStateChange:
+        """The owner-signed change to record (asset, version and state digest from
+        change.proofs.stake).
+        """
 
     def __init__(
         self,
         *,
-        proofs: _common_pb2.FourProof | None = ...,
+        change: _ledger_pb2.AssetStateChange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["proofs", b"proofs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["proofs", b"proofs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
