@@ -296,14 +296,14 @@ def _check_size(value: object, what: str, error: type[Exception]) -> int:
     return value
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
-) -> None:
-    """Check that ``proof`` proves leaf hash ``leaf_hash`` at ``index`` in the tree of
-    ``tree_size`` leaves whose root is ``root``; :class:`InclusionProofError` if not."""
+def root_from_inclusion(
+    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes]
+) -> bytes:
+    """The root of the tree of ``tree_size`` leaves that ``proof`` leads to from leaf hash
+    ``leaf_hash`` at ``index`` (RFC 9162 section 2.1.3.2 steps 1-5);
+    :class:`InclusionProofError` if the proof has the wrong shape for that leaf and size."""
     err = InclusionProofError
     leaf = _check_hash(leaf_hash, "leaf hash", err)
-    expected = _check_hash(root, "root hash", err)
     index = _check_size(index, "leaf index", err)
     tree_size = _check_size(tree_size, "tree size", err)
     path = [_check_hash(p, f"proof component {i}", err) for i, p in enumerate(proof)]
@@ -336,8 +336,18 @@ def verify_inclusion(
             f"proof has {len(path)} components, fewer than a tree of size {tree_size} "
             f"needs for leaf {index}"
         )
+    return r
+
+
+def verify_inclusion(
+    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
+) -> None:
+    """Check that ``proof`` proves leaf hash ``leaf_hash`` at ``index`` in the tree of
+    ``tree_size`` leaves whose root is ``root``; :class:`InclusionProofError` if not."""
+    expected = _check_hash(root, "root hash", InclusionProofError)
+    r = root_from_inclusion(leaf_hash, index, tree_size, proof)
     if r != expected:
-        raise err(
+        raise InclusionProofError(
             f"calculated root {r.hex()} does not match the expected root {expected.hex()} "
             f"(leaf {index}, tree size {tree_size})"
         )
