@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from hypermesh_interfaces.v1 import common_pb2, ledger_pb2
+
 
 class TrustChainError(Exception):
     """Base class of every TrustChain error."""
@@ -317,3 +319,71 @@ class StaleCrl(CrlRejected):
 
 class UnknownTrustPolicy(TrustStoreError, LookupError):
     """No trust policy (trust store) of that name is configured."""
+
+
+# --- the asset ledger -------------------------------------------------------------------------
+
+
+class LedgerError(TrustChainError):
+    """The quorum-certified asset ledger refused or failed an operation."""
+
+
+class InvalidCommittee(LedgerError, ValueError):
+    """A committee description that is not usable: no members, a zero stake, duplicate or
+    unsorted validator ids, a member chain that does not validate or whose leaf key is not the
+    member's id."""
+
+
+class UnknownValidator(LedgerError, LookupError):
+    """A validator id that is not a member of the committee of that epoch."""
+
+
+class InvalidVote(LedgerError):
+    """A vote that does not verify: wrong sizes, a signer outside the committee, a bad batch
+    inclusion proof or a signature that does not verify."""
+
+
+class InvalidCertificate(LedgerError):
+    """A certificate that does not prove a quorum: an invalid vote, a vote for something else,
+    a validator counted twice, or less than a quorum of stake."""
+
+
+class LedgerRefusal(enum.IntEnum):
+    """Why a validator refused a change or certificate (``hypermesh.v1.LedgerRefusal``)."""
+
+    MALFORMED = 1
+    INVALID_PROOFS = 2
+    INVALID_OWNER_SIGNATURE = 3
+    CONFLICT = 4
+    WRONG_VERSION = 5
+    WRONG_EPOCH = 6
+    INVALID_CERTIFICATE = 7
+    TOO_LARGE = 8
+
+
+class ChangeRefused(LedgerError):
+    """A validator refused a change or certificate; ``reason`` says why.
+
+    ``detail`` is for people; ``locked_vote`` (a ``hypermesh.v1.Vote``, with ``CONFLICT``) is
+    the vote already cast for that (asset, version); ``validation`` (a
+    ``hypermesh.v1.ValidationResult``, with ``INVALID_PROOFS``) lists every failed check.
+    """
+
+    def __init__(
+        self,
+        reason: LedgerRefusal,
+        detail: str,
+        *,
+        locked_vote: ledger_pb2.Vote | None = None,
+        validation: common_pb2.ValidationResult | None = None,
+    ) -> None:
+        super().__init__(f"refused ({reason.name}): {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.locked_vote = locked_vote
+        self.validation = validation
+
+
+class LedgerCorrupted(LedgerError):
+    """The ledger database fails its checks (unreadable rows, a log that does not match its
+    certificates, a state without its certificate)."""
