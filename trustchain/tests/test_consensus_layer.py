@@ -4,10 +4,13 @@ One :class:`LocalNetwork` per module (a key store, its own CA, transparency log,
 and a k=18 plot) proves real bundles with the ``localhost_testing`` preset: version 0 of an
 asset and version 1 built on it. Every call goes through a real server bound to 127.0.0.1:0
 and a real channel; bad requests are real bytes on the wire (raw calls with no serializer).
+``RecordAssetState`` records through a real recorder: a one-validator committee (the network's
+node) whose validator core votes and applies certificates over a ledger in a temp directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -21,15 +24,19 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from hypermesh_interfaces.v1 import common_pb2, consensus_pb2, consensus_pb2_grpc, ledger_pb2
+from trustchain.consensus.committee import Committee, Member
+from trustchain.consensus.ledger import Ledger, state_record_bytes
 from trustchain.consensus.proofs import work
 from trustchain.consensus.proofs.bundle import (
     MAX_BUNDLE_BYTES,
     PreviousState,
     ValidationContext,
 )
-from trustchain.consensus.proofs.local_network import LocalNetwork
+from trustchain.consensus.proofs.local_network import NODE_NAME, LocalNetwork
 from trustchain.consensus.proofs.presets import LOCALHOST_TESTING
 from trustchain.consensus.proofs.stake import StakeRegistry
+from trustchain.consensus.quorum import ValidatorCore, VoteCollector
+from trustchain.consensus.votes import Ballot, sign_change
 from trustchain.consensus_layer import (
     LEDGER_ISSUE,
     MAX_REQUEST_BYTES,
@@ -39,6 +46,7 @@ from trustchain.consensus_layer import (
     serve,
 )
 from trustchain.crypto.keystore import INSECURE_TEST_KDF_PARAMS, KeyStore
+from trustchain.errors import ChangeRefused, LedgerRefusal
 
 ASSET = "ledger-entry"
 CONTENT_V0 = bytes(range(256)) * 40
@@ -479,22 +487,286 @@ def test_closed_stake_registry_is_unavailable(
         )
 
 
-# -- not implemented -----------------------------------------------------------------------
+# -- recording asset states ----------------------------------------------------------------
 
 
-def test_record_asset_state_names_the_ledger_issue(
-    stub: consensus_pb2_grpc.ConsensusLayerStub, v0: common_pb2.FourProof
+def test_record_asset_state_without_a_recorder_is_unimplemented(
+    stub: consensus_pb2_grpc.ConsensusLayerStub, network: LocalNetwork, v0: common_pb2.FourProof
 ) -> None:
     with pytest.raises(grpc.RpcError) as call:
         stub.RecordAssetState(
-            consensus_pb2.RecordAssetStateRequest(change=ledger_pb2.AssetStateChange(proofs=v0))
+            consensus_pb2.RecordAssetStateRequest(change=sign_change(v0, 0, network.sign))
         )
     assert LEDGER_ISSUE == 6
     assert failed(call) == (
         grpc.StatusCode.UNIMPLEMENTED,
-        "RecordAssetState is not implemented yet: issue 6 (the ledger) records asset states",
+        "RecordAssetState is not implemented by this server: it has no ledger to record asset "
+        "states with (issue 6)",
     )
     assert_serving(stub, v0)
+
+
+class OneValidatorLedger:
+    """A real :class:`StateRecorder`: a committee of one validator (the network's node, stake
+    1) whose :class:`ValidatorCore` votes on the change and applies the certificate that
+    :class:`VoteCollector` makes of its vote, in this process, over a ledger in ``directory``.
+    One call at a time; ``calls`` counts them."""
+
+    def __init__(self, network: LocalNetwork, directory: Path) -> None:
+        key = network.node_key
+        member = Member(
+            validator_id=key.key_id,
+            key=key,
+            chain=network.node_chain(),
+            stake=1,
+            host="127.0.0.1",
+            port=4433,
+            name=NODE_NAME,
+        )
+        self.committee = Committee(0, (member,))
+        self.ledger = Ledger.open(
+            directory / "ledger.db", validator_id=key.key_id, genesis=self.committee.to_message()
+        )
+        self.core = ValidatorCore(
+            ledger=self.ledger,
+            trust_store=network.trust_store(),
+            validator_id=key.key_id,
+            sign=network.sign,
+            context=lambda: network.context(LOCALHOST_TESTING),
+        )
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def record(
+        self, change: ledger_pb2.AssetStateChange
+    ) -> tuple[common_pb2.ValidationResult, common_pb2.StateHash | None]:
+        with self._lock:
+            self.calls += 1
+            (answer,) = self.core.handle([ledger_pb2.LedgerRequest(change=change)])
+            if answer.WhichOneof("body") == "refusal":
+                refused = refusal_of(answer.refusal)
+                if refused.reason is LedgerRefusal.INVALID_PROOFS and refused.validation:
+                    return refused.validation, None
+                raise refused
+            collector = VoteCollector(change, self.committee)
+            certificate = collector.add(self.committee.members[0].validator_id, answer)
+            assert certificate is not None, collector.invalid
+            (applied,) = self.core.handle([ledger_pb2.LedgerRequest(certificate=certificate)])
+            if applied.WhichOneof("body") == "refusal":
+                raise refusal_of(applied.refusal)
+            return common_pb2.ValidationResult(verdict=common_pb2.VERDICT_VALID), applied.applied
+
+    def previous(self, asset: bytes) -> PreviousState | None:
+        state = self.ledger.state(asset)
+        return None if state is None else state.previous()
+
+
+def refusal_of(refusal: ledger_pb2.Refusal) -> ChangeRefused:
+    return ChangeRefused(
+        LedgerRefusal(refusal.reason),
+        refusal.detail,
+        validation=refusal.validation if refusal.HasField("validation") else None,
+    )
+
+
+@pytest.fixture
+def recorder(network: LocalNetwork, tmp_path: Path) -> Iterator[OneValidatorLedger]:
+    made = OneValidatorLedger(network, tmp_path)
+    try:
+        yield made
+    finally:
+        made.ledger.close()
+
+
+@pytest.fixture
+def recording(
+    network: LocalNetwork, recorder: OneValidatorLedger
+) -> Iterator[consensus_pb2_grpc.ConsensusLayerStub]:
+    servicer = ConsensusLayerServicer(
+        lambda: network.context(LOCALHOST_TESTING), recorder.previous, recorder
+    )
+    with running(servicer) as opened:
+        yield consensus_pb2_grpc.ConsensusLayerStub(opened)
+
+
+def record(
+    stub: consensus_pb2_grpc.ConsensusLayerStub, change: ledger_pb2.AssetStateChange
+) -> consensus_pb2.RecordAssetStateResponse:
+    reply: consensus_pb2.RecordAssetStateResponse = stub.RecordAssetState(
+        consensus_pb2.RecordAssetStateRequest(change=change)
+    )
+    return reply
+
+
+def certificate_digest(change: ledger_pb2.AssetStateChange) -> bytes:
+    ballot = Ballot.for_change(change, bytes(32))
+    return hashlib.sha256(state_record_bytes(ballot)).digest()
+
+
+def test_record_asset_state_records_version_0_then_1(
+    recording: consensus_pb2_grpc.ConsensusLayerStub,
+    recorder: OneValidatorLedger,
+    network: LocalNetwork,
+    v0: common_pb2.FourProof,
+    v1: common_pb2.FourProof,
+) -> None:
+    first = sign_change(v0, 0, network.sign)
+    reply = record(recording, first)
+    assert reply.result == common_pb2.ValidationResult(verdict=common_pb2.VERDICT_VALID)
+    assert reply.state == common_pb2.StateHash(
+        certificate_digest=certificate_digest(first),
+        log_index=0,
+        log_root=recorder.ledger.log_root(),
+        log_size=1,
+    )
+    # The service's recorded-state lookup is the ledger: version 1 now validates...
+    assert validate(recording, v1) == common_pb2.ValidationResult(verdict=common_pb2.VERDICT_VALID)
+    second = sign_change(v1, 0, network.sign)
+    reply = record(recording, second)
+    assert reply.result.verdict == common_pb2.VERDICT_VALID
+    assert (reply.state.log_index, reply.state.log_size) == (1, 2)
+    assert reply.state.certificate_digest == certificate_digest(second)
+    assert recorder.ledger.state(network.asset_id(ASSET)) is not None
+    # ...and version 0 no longer does: answered from the validation, the recorder not called.
+    stale = record(recording, first)
+    assert stale.result.verdict == common_pb2.VERDICT_REJECTED
+    assert stale.result.rejections[0].detail == (
+        "version 0 does not follow the recorded state (expected version 2)"
+    )
+    assert not stale.HasField("state")
+    assert recorder.calls == 2
+    assert recorder.ledger.log_size == 2
+
+
+def test_record_asset_state_of_invalid_proofs_records_nothing(
+    recording: consensus_pb2_grpc.ConsensusLayerStub,
+    recorder: OneValidatorLedger,
+    network: LocalNetwork,
+    v0: common_pb2.FourProof,
+) -> None:
+    tampered = common_pb2.FourProof()
+    tampered.CopyFrom(v0)
+    tampered.work.nonce = first_failing_nonce(v0)
+    reply = record(recording, sign_change(tampered, 0, network.sign))
+    assert reply.result == network.validate(tampered, preset=LOCALHOST_TESTING).to_message()
+    assert reply.result.verdict == common_pb2.VERDICT_REJECTED
+    assert not reply.HasField("state")
+    assert recorder.calls == 0
+    assert recorder.ledger.log_size == 0
+
+
+def test_record_asset_state_drops_unknown_fields(
+    recording: consensus_pb2_grpc.ConsensusLayerStub,
+    recorder: OneValidatorLedger,
+    network: LocalNetwork,
+    v0: common_pb2.FourProof,
+) -> None:
+    # The owner signed the digest of the proofs as made; an unknown field added on the way
+    # would change that digest if it were kept.
+    change = sign_change(v0, 0, network.sign)
+    change.proofs.stake.CopyFrom(
+        common_pb2.StakeProof.FromString(v0.stake.SerializeToString() + unknown_field(40))
+    )
+    reply = record(recording, change)
+    assert reply.result.verdict == common_pb2.VERDICT_VALID
+    assert reply.state.certificate_digest == certificate_digest(sign_change(v0, 0, network.sign))
+    assert recorder.calls == 1
+
+
+def test_record_asset_state_refusals_map_to_status_codes(
+    recording: consensus_pb2_grpc.ConsensusLayerStub,
+    recorder: OneValidatorLedger,
+    network: LocalNetwork,
+    v0: common_pb2.FourProof,
+) -> None:
+    forged = sign_change(v0, 0, network.sign)
+    forged.owner_signature = sign_change(v0, 1, network.sign).owner_signature
+    with pytest.raises(grpc.RpcError) as call:
+        record(recording, forged)
+    code, details = failed(call)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("INVALID_OWNER_SIGNATURE: ")
+    with pytest.raises(grpc.RpcError) as call:
+        record(recording, sign_change(v0, 1, network.sign))
+    assert failed(call) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "WRONG_EPOCH: the change is for epoch 1, the committee is of 0",
+    )
+    assert recorder.calls == 2
+    assert recorder.ledger.log_size == 0
+    assert record(recording, sign_change(v0, 0, network.sign)).result.verdict == (
+        common_pb2.VERDICT_VALID
+    )
+
+
+def test_record_asset_state_bad_requests_are_invalid_argument(
+    recording: consensus_pb2_grpc.ConsensusLayerStub,
+    recorder: OneValidatorLedger,
+    network: LocalNetwork,
+    v0: common_pb2.FourProof,
+) -> None:
+    cases = [
+        (consensus_pb2.RecordAssetStateRequest(), "RecordAssetState needs a change"),
+        (
+            consensus_pb2.RecordAssetStateRequest(change=ledger_pb2.AssetStateChange(epoch=0)),
+            "RecordAssetState needs proofs",
+        ),
+        (
+            consensus_pb2.RecordAssetStateRequest(
+                change=ledger_pb2.AssetStateChange(proofs=padded(v0, MAX_BUNDLE_BYTES + 1))
+            ),
+            f"proofs of {MAX_BUNDLE_BYTES + 1} bytes exceed the {MAX_BUNDLE_BYTES}-byte limit",
+        ),
+    ]
+    for request, detail in cases:
+        with pytest.raises(grpc.RpcError) as call:
+            recording.RecordAssetState(request)
+        assert failed(call) == (grpc.StatusCode.INVALID_ARGUMENT, detail)
+    assert recorder.calls == 0
+    assert_serving(recording, v0)
+
+
+def test_record_asset_state_undecodable_request_is_invalid_argument(
+    network: LocalNetwork, recorder: OneValidatorLedger, v0: common_pb2.FourProof
+) -> None:
+    servicer = ConsensusLayerServicer(
+        lambda: network.context(LOCALHOST_TESTING), recorder.previous, recorder
+    )
+    with running(servicer) as opened:
+        with pytest.raises(grpc.RpcError) as call:
+            raw(opened, "RecordAssetState")(b"\x12\x05abc")  # field 2, 5 bytes, only 3 sent
+        code, details = failed(call)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("not a hypermesh.v1.RecordAssetStateRequest: ")
+        assert_serving(consensus_pb2_grpc.ConsensusLayerStub(opened), v0)
+    assert recorder.calls == 0
+
+
+class ClaimsWithoutState:
+    """A recorder that breaks the StateRecorder contract: VALID but no StateHash."""
+
+    def record(
+        self, change: ledger_pb2.AssetStateChange
+    ) -> tuple[common_pb2.ValidationResult, common_pb2.StateHash | None]:
+        return common_pb2.ValidationResult(verdict=common_pb2.VERDICT_VALID), None
+
+
+def test_a_recorder_breaking_its_contract_is_internal(
+    factory: CountingFactory, network: LocalNetwork, v0: common_pb2.FourProof
+) -> None:
+    servicer = ConsensusLayerServicer(factory, no_recorded_states, ClaimsWithoutState())
+    with running(servicer) as opened:
+        stub = consensus_pb2_grpc.ConsensusLayerStub(opened)
+        with pytest.raises(grpc.RpcError) as call:
+            record(stub, sign_change(v0, 0, network.sign))
+    assert failed(call) == (
+        grpc.StatusCode.INTERNAL,
+        "ConsensusLayerMisconfigured: the state recorder reported a valid change without the "
+        "StateHash it recorded",
+    )
+
+
+# -- not implemented -----------------------------------------------------------------------
 
 
 def test_cross_chain_sync_is_not_in_phase_1(
