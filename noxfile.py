@@ -92,9 +92,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job. Until the node daemon exists: a tour of TrustChain's security layer."""
-    session.install(INTERFACES, TRUSTCHAIN)
-    session.run("python", "-m", "trustchain.demo", *session.posargs)
+    """The main job: a local validator network certifies this machine's CPU, memory and storage."""
+    session.install(INTERFACES, TRUSTCHAIN, STOQ, HYPERMESH)
+    session.run("hypermesh", "demo", *session.posargs)
 
 
 @nox.session
