@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from hypermesh import cli, demo
-from hypermesh.adapters import cpu, storage
+from hypermesh.adapters import storage
 from trustchain.consensus.federation import FederationError, LocalFederation
-from trustchain.consensus.proofs import custody, timing
+from trustchain.consensus.proofs import custody
 from trustchain.consensus.proofs.bundle import state_hash
 from trustchain.consensus.proofs.presets import LOCALHOST_TESTING
-from trustchain.consensus.proofs.rejections import ProofKind
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +107,6 @@ def test_proving_an_asset_times_each_proof(federation: LocalFederation, tmp_path
     assert set(proved.verify_seconds) == set(demo.PROOF_KINDS)
     assert all(seconds >= 0 for seconds in proved.prove_seconds.values())
     assert sum(proved.prove_seconds.values()) <= proved.prove_total
-
-
-def test_the_step_timer_adds_up_calls_and_restores_the_hook() -> None:
-    before = sys.getprofile()
-    with demo.StepTimer({timing.prove_poh: ProofKind.TIME}) as timer:
-        timing.prove_poh(bytes(32), 64, bytes(32))
-        timing.prove_poh(bytes(32), 64, bytes(32))
-        cpu.parse_model("model name : untimed")
-    assert sys.getprofile() is before
-    assert set(timer.seconds) == {ProofKind.TIME}
-    with pytest.raises(TypeError, match="is not a Python function"):
-        demo.StepTimer({len: ProofKind.TIME})
 
 
 def test_a_validator_that_cannot_start_is_named(tmp_path: Path) -> None:

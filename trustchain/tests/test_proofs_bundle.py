@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hypermesh_interfaces.v1 import common_pb2
-from trustchain.consensus.proofs import challenges
+from trustchain.consensus.proofs import challenges, custody
 from trustchain.consensus.proofs.bundle import (
     MAX_BUNDLE_BYTES,
     PreviousState,
@@ -28,6 +28,7 @@ from trustchain.consensus.proofs.bundle import (
     ValidationContext,
     ValidationResult,
     decode_bundle,
+    prove_four_proofs,
     state_digest,
     state_hash,
     validate_four_proofs,
@@ -549,3 +550,40 @@ def test_decode_bundle_rejects_oversized() -> None:
 def test_a_verdict_is_valid_only_without_a_rejection() -> None:
     assert ProofVerdict(K.WORK, None).valid
     assert not ProofVerdict(K.WORK, ProofRejected(K.WORK, R.MISSING, "absent")).valid
+
+
+def test_steps_and_verdicts_report_their_time(world: World) -> None:
+    steps: list[ProofKind] = []
+    seconds: list[float] = []
+
+    def lap(kind: ProofKind, took: float) -> None:
+        steps.append(kind)
+        seconds.append(took)
+
+    net = world.network
+    previous = PreviousState.of(world.v0)
+    chain = net.node_chain()
+    bundle = prove_four_proofs(
+        asset=net.asset_id("photos"),
+        previous=previous,
+        chunks=custody.chunk(DATA),
+        resources=common_pb2.ResourceSpec(storage_bytes=len(DATA)),
+        amount=PRESET.min_stake,
+        preset=PRESET,
+        plot=net.plot(PRESET.plot_k),
+        storage_chain=chain,
+        storage_sign=net.sign,
+        address=common_pb2.NetworkAddress(ip=bytes(4), port=1),
+        zone="z",
+        owner_chain=chain,
+        owner_sign=net.sign,
+        on_step=lap,
+    )
+    assert steps == [K.TIME, K.WORK, K.SPACE, K.STAKE, K.TIME]
+    assert all(took >= 0 for took in seconds)
+    result = world.validate(bundle, previous)
+    assert result.valid
+    assert all(v.seconds > 0 for v in result.verdicts)
+    # A proof that could not be checked took no time.
+    empty = world.validate(common_pb2.FourProof(), None)
+    assert all(v.seconds == 0 for v in empty.verdicts)

@@ -24,11 +24,10 @@ stderr, the tables to stdout):
 6. stops the validators (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT` seconds) and exits
    0 -- or 1 with the reason if any step failed.
 
-Per-proof prove and verify times are measured while
-:func:`~trustchain.consensus.proofs.bundle.prove_four_proofs` and
-:func:`~trustchain.consensus.proofs.bundle.validate_four_proofs` run, by timing the calls they
-make to each proof's function (:class:`StepTimer`, a per-thread profile hook: the figures
-include its small overhead). PoTime is the VDF plus the proof-of-history segment.
+Per-proof prove times come from
+:func:`~trustchain.consensus.proofs.bundle.prove_four_proofs`'s ``on_step`` hook, verify times
+from each verdict of :func:`~trustchain.consensus.proofs.bundle.validate_four_proofs`. PoTime is
+the VDF plus the proof-of-history segment.
 """
 
 from __future__ import annotations
@@ -41,11 +40,9 @@ import signal
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Final, TextIO
 
 from hypermesh.adapters import detect_all
@@ -56,7 +53,6 @@ from hypermesh_interfaces.v1 import common_pb2, ledger_pb2
 from stoq.errors import StoqError
 from trustchain.consensus.committee import Committee
 from trustchain.consensus.federation import LocalFederation, ValidatorSetup
-from trustchain.consensus.proofs import space, stake, timing, work
 from trustchain.consensus.proofs.bundle import (
     ValidationContext,
     ValidationResult,
@@ -77,7 +73,6 @@ __all__ = [
     "Progress",
     "ProvedAsset",
     "RecordedAsset",
-    "StepTimer",
     "ValidatorProcess",
     "ValidatorState",
     "main",
@@ -98,19 +93,6 @@ STOP_TIMEOUT: Final = 10.0
 RECORD_TIMEOUT: Final = 30.0
 #: The proofs in table order.
 PROOF_KINDS: Final = (ProofKind.SPACE, ProofKind.STAKE, ProofKind.WORK, ProofKind.TIME)
-_PROVE_STEPS: Final[Mapping[Callable[..., object], ProofKind]] = {
-    space.prove_space: ProofKind.SPACE,
-    stake.sign_stake: ProofKind.STAKE,
-    work.prove_work: ProofKind.WORK,
-    timing.prove_vdf: ProofKind.TIME,
-    timing.prove_poh: ProofKind.TIME,
-}
-_VERIFY_STEPS: Final[Mapping[Callable[..., object], ProofKind]] = {
-    space.verify_space: ProofKind.SPACE,
-    stake.verify_stake: ProofKind.STAKE,
-    work.verify_work: ProofKind.WORK,
-    timing.verify_time: ProofKind.TIME,
-}
 
 
 class DemoError(TrustChainError):
@@ -142,48 +124,6 @@ class Progress:
         took = time.perf_counter() - started
         detail = f": {'; '.join(notes)}" if notes else ""
         self.line(f"  done in {took:.2f} s{detail}")
-
-
-# --- timing the proofs ---------------------------------------------------------------------------
-
-
-class StepTimer:
-    """While active (``with``), adds up the wall time of every call, in this thread, of the
-    functions in ``steps``, per label: a profile hook (:func:`sys.setprofile`) notes when each
-    call starts and returns. The previous hook is restored on exit."""
-
-    def __init__(self, steps: Mapping[Callable[..., object], ProofKind]) -> None:
-        self._codes: dict[types.CodeType, ProofKind] = {}
-        for function, label in steps.items():
-            if not isinstance(function, types.FunctionType):
-                raise TypeError(f"{function!r} is not a Python function")
-            self._codes[function.__code__] = label
-        self.seconds: dict[ProofKind, float] = {}
-        self._started: dict[types.FrameType, float] = {}
-        self._previous = sys.getprofile()
-
-    def __enter__(self) -> StepTimer:
-        self._previous = sys.getprofile()
-        sys.setprofile(self._hook)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        sys.setprofile(self._previous)
-
-    def _hook(self, frame: types.FrameType, event: str, _: object) -> None:
-        if event == "call":
-            if frame.f_code in self._codes:
-                self._started[frame] = time.perf_counter()
-        elif event == "return":
-            started = self._started.pop(frame, None)
-            if started is not None:
-                label = self._codes[frame.f_code]
-                self.seconds[label] = self.seconds.get(label, 0.0) + (time.perf_counter() - started)
 
 
 # --- proving -------------------------------------------------------------------------------------
@@ -228,14 +168,22 @@ def prove_asset(
     its descriptor; offer: its ResourceSpec) at ``context.preset``, timing each proof, then
     validate the bundle under ``context`` (timing each check). :class:`DemoError` if the
     owner's own check rejects it."""
-    with StepTimer(_PROVE_STEPS) as proving:
-        started = time.perf_counter()
-        bundle = federation.prove(
-            owner, resource.kind, resource.descriptor(), resource.resource_spec(), context.preset
-        )
-        total = time.perf_counter() - started
-    with StepTimer(_VERIFY_STEPS) as verifying:
-        result = validate_four_proofs(bundle, previous=None, context=context)
+    proving: dict[ProofKind, float] = {}
+
+    def lap(kind: ProofKind, seconds: float) -> None:
+        proving[kind] = proving.get(kind, 0.0) + seconds
+
+    started = time.perf_counter()
+    bundle = federation.prove(
+        owner,
+        resource.kind,
+        resource.descriptor(),
+        resource.resource_spec(),
+        context.preset,
+        on_step=lap,
+    )
+    total = time.perf_counter() - started
+    result = validate_four_proofs(bundle, previous=None, context=context)
     if not result.valid:
         reasons = "; ".join(f"{r.kind.name} {r.reason.name}: {r.detail}" for r in result.rejections)
         raise DemoError(f"the {resource.kind} asset's proofs do not validate: {reasons}")
@@ -243,9 +191,9 @@ def prove_asset(
         resource=resource,
         asset_name=resource.kind,
         bundle=bundle,
-        prove_seconds=dict(proving.seconds),
+        prove_seconds=proving,
         prove_total=total,
-        verify_seconds=dict(verifying.seconds),
+        verify_seconds={v.kind: v.seconds for v in result.verdicts},
         validation=result,
     )
 

@@ -88,6 +88,7 @@ from trustchain.consensus.proofs.bundle import (
 )
 from trustchain.consensus.proofs.plots import Plot, create_plot, find_plots, open_plot
 from trustchain.consensus.proofs.presets import Preset
+from trustchain.consensus.proofs.rejections import ProofKind
 from trustchain.consensus.proofs.stake import StakeRegistry
 from trustchain.crypto.keystore import KeyStore
 from trustchain.crypto.signatures import VerifyKey
@@ -621,11 +622,13 @@ class LocalFederation:
         previous: PreviousState | None = None,
         *,
         amount: int | None = None,
+        on_step: Callable[[ProofKind, float], None] | None = None,
     ) -> common_pb2.FourProof:
         """The four proofs of the next version of owner ``owner``'s asset ``asset_name``
         (version 0 if ``previous`` is None, else ``previous.version + 1``), whose content is
         ``data`` and which offers ``resources``. The owner is both storage node and owner; it
-        stakes ``amount`` (default: the preset's minimum)."""
+        stakes ``amount`` (default: the preset's minimum). ``on_step``: as for
+        :func:`~trustchain.consensus.proofs.bundle.prove_four_proofs`."""
         setup = self.owner(owner)
         chain = setup.chain()
         sign = self.signer(owner)
@@ -643,6 +646,7 @@ class LocalFederation:
             zone=self._zone,
             owner_chain=chain,
             owner_sign=sign,
+            on_step=on_step,
         )
 
     # -- internals --------------------------------------------------------------------------

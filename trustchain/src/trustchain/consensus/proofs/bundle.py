@@ -23,6 +23,7 @@ deterministically after :func:`decode_bundle` has dropped unknown fields.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -136,10 +137,12 @@ class PreviousState:
 
 @dataclass(frozen=True)
 class ProofVerdict:
-    """One proof's outcome: ``rejection`` is ``None`` when it verified."""
+    """One proof's outcome: ``rejection`` is ``None`` when it verified; ``seconds`` is how long
+    checking it took (0 when it could not be checked)."""
 
     kind: ProofKind
     rejection: ProofRejected | None
+    seconds: float = 0.0
 
     @property
     def valid(self) -> bool:
@@ -202,6 +205,7 @@ def validate_four_proofs(
     """
     combined: list[ProofRejected] = []
     outcome: dict[ProofKind, ProofRejected | None] = {}
+    took: dict[ProofKind, float] = {}
     present = {
         ProofKind.SPACE: bundle.HasField("space"),
         ProofKind.STAKE: bundle.HasField("stake"),
@@ -222,7 +226,7 @@ def validate_four_proofs(
                 "the stake proof names no 32-byte asset id; nothing can be bound to it",
             )
         )
-        return _result(outcome, combined, "no asset id")
+        return _result(outcome, took, combined, "no asset id")
     expected_version = 0 if previous is None else previous.version + 1
     if version != expected_version:
         combined.append(
@@ -237,7 +241,7 @@ def validate_four_proofs(
     poh_start = challenges.poh_genesis(asset) if previous is None else previous.poh_end
 
     if ProofKind.TIME not in outcome:
-        outcome[ProofKind.TIME] = _attempt(
+        outcome[ProofKind.TIME], took[ProofKind.TIME] = _attempt(
             lambda: timing.verify_time(
                 bundle.time,
                 expected_previous=prev_hash,
@@ -253,7 +257,7 @@ def validate_four_proofs(
         if beacon is None:
             outcome[ProofKind.WORK] = _unbound(ProofKind.WORK)
         else:
-            outcome[ProofKind.WORK] = _attempt(
+            outcome[ProofKind.WORK], took[ProofKind.WORK] = _attempt(
                 lambda: work.verify_work(
                     bundle.work,
                     asset=asset,
@@ -266,7 +270,7 @@ def validate_four_proofs(
         if beacon is None:
             outcome[ProofKind.SPACE] = _unbound(ProofKind.SPACE)
         else:
-            outcome[ProofKind.SPACE] = _attempt(
+            outcome[ProofKind.SPACE], took[ProofKind.SPACE] = _attempt(
                 lambda: space.verify_space(
                     bundle.space,
                     beacon=beacon,
@@ -285,7 +289,7 @@ def validate_four_proofs(
             space=bundle.space,
             work=bundle.work,
         )
-        outcome[ProofKind.STAKE] = _attempt(
+        outcome[ProofKind.STAKE], took[ProofKind.STAKE] = _attempt(
             lambda: stake.verify_stake(
                 bundle.stake,
                 expected_asset=asset,
@@ -297,15 +301,17 @@ def validate_four_proofs(
                 at=context.at,
             )
         )
-    return _result(outcome, combined, None)
+    return _result(outcome, took, combined, None)
 
 
-def _attempt(check: Callable[[], object]) -> ProofRejected | None:
+def _attempt(check: Callable[[], object]) -> tuple[ProofRejected | None, float]:
+    """Run ``check``: its rejection (None if it passed) and how long it took."""
+    started = time.perf_counter()
     try:
         check()
     except ProofRejected as exc:
-        return exc
-    return None
+        return exc, time.perf_counter() - started
+    return None, time.perf_counter() - started
 
 
 def _unbound(kind: ProofKind) -> ProofRejected:
@@ -318,13 +324,14 @@ def _unbound(kind: ProofKind) -> ProofRejected:
 
 def _result(
     outcome: dict[ProofKind, ProofRejected | None],
+    took: dict[ProofKind, float],
     combined: list[ProofRejected],
     unchecked: str | None,
 ) -> ValidationResult:
     verdicts = []
     for kind in _KINDS:
         if kind in outcome:
-            verdicts.append(ProofVerdict(kind, outcome[kind]))
+            verdicts.append(ProofVerdict(kind, outcome[kind], took.get(kind, 0.0)))
         else:
             detail = f"not checked: {unchecked}" if unchecked else "not checked"
             verdicts.append(ProofVerdict(kind, ProofRejected(kind, ProofReason.MISSING, detail)))
@@ -346,16 +353,24 @@ def prove_four_proofs(
     zone: str,
     owner_chain: Sequence[x509.Certificate],
     owner_sign: Callable[[bytes], bytes],
+    on_step: Callable[[ProofKind, float], None] | None = None,
 ) -> common_pb2.FourProof:
     """Make the four proofs of the next version of ``asset`` the way a node does: the VDF
     over the previous state, then work and space for its beacon, then the owner's stake
-    signature over the resulting state digest (and the PoH segment that mixes it in)."""
+    signature over the resulting state digest (and the PoH segment that mixes it in).
+
+    ``on_step``, if given, is told how long each step took, as it finishes: ``TIME`` twice
+    (the VDF, then the PoH segment), ``WORK``, ``SPACE`` and ``STAKE`` once each.
+    """
+    clock = _StepClock(on_step)
     version = 0 if previous is None else previous.version + 1
     prev_hash = challenges.genesis_hash(asset) if previous is None else previous.state_hash
     poh_start = challenges.poh_genesis(asset) if previous is None else previous.poh_end
     vdf = timing.prove_vdf(prev_hash, preset.vdf_iterations, preset.vdf_discriminant_bits)
+    clock.lap(ProofKind.TIME)
     beacon = challenges.beacon(vdf.output)
     work_proof = work.prove_work(asset, version, resources, beacon, preset.work_bits)
+    clock.lap(ProofKind.WORK)
     space_proof = space.prove_space(
         plot=plot,
         chunks=chunks,
@@ -368,6 +383,7 @@ def prove_four_proofs(
         address=address,
         zone=zone,
     )
+    clock.lap(ProofKind.SPACE)
     digest = state_digest(
         asset=asset, version=version, previous=prev_hash, space=space_proof, work=work_proof
     )
@@ -379,10 +395,26 @@ def prove_four_proofs(
         chain=owner_chain,
         sign=owner_sign,
     )
+    clock.lap(ProofKind.STAKE)
     poh = timing.prove_poh(poh_start, preset.poh_min_hashes, digest)
+    clock.lap(ProofKind.TIME)
     return common_pb2.FourProof(
         space=space_proof,
         stake=stake_proof,
         work=work_proof,
         time=common_pb2.TimeProof(vdf=vdf, poh=poh),
     )
+
+
+class _StepClock:
+    """Tells ``on_step`` the time since the previous lap (or since it was made)."""
+
+    def __init__(self, on_step: Callable[[ProofKind, float], None] | None) -> None:
+        self._on_step = on_step
+        self._last = time.perf_counter()
+
+    def lap(self, kind: ProofKind) -> None:
+        now = time.perf_counter()
+        if self._on_step is not None:
+            self._on_step(kind, now - self._last)
+        self._last = now
