@@ -58,9 +58,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-import secrets
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -94,6 +92,7 @@ from trustchain.crypto.keystore import KeyStore
 from trustchain.crypto.signatures import VerifyKey
 from trustchain.ct.log import TransparencyLog
 from trustchain.errors import MalformedData, TrustChainError, UnknownAlgorithm
+from trustchain.files import write_atomically
 
 __all__ = [
     "DEFAULT_BALANCE",
@@ -332,11 +331,11 @@ class LocalFederation:
             validators=tuple(validator_setups),
             owners=tuple(owner_setups),
         )
-        _write_atomically(
+        write_atomically(
             directory / _GENESIS,
             federation._genesis_committee().to_message().SerializeToString(deterministic=True),
         )
-        _write_atomically(directory / MANIFEST, federation._manifest())
+        write_atomically(directory / MANIFEST, federation._manifest())
         return federation
 
     @classmethod
@@ -743,7 +742,7 @@ def _new_member(
         ip_addresses=[host],
         validity=validity,
     )
-    _write_atomically(home / _CHAIN, issued.pem())
+    write_atomically(home / _CHAIN, issued.pem())
     return key.key_id
 
 
@@ -752,21 +751,21 @@ def _write_trust(
 ) -> None:
     trust = directory / _TRUST
     trust.mkdir()
-    _write_atomically(trust / _LOG_KEY_FILE, log_key.to_bytes())
-    _write_atomically(trust / _REGISTRY_KEY_FILE, registry_key.to_bytes())
+    write_atomically(trust / _LOG_KEY_FILE, log_key.to_bytes())
+    write_atomically(trust / _REGISTRY_KEY_FILE, registry_key.to_bytes())
     root = ca.certificate(ca.ca().serial)
-    _write_atomically(trust / "root.pem", root.public_bytes(Encoding.PEM))
+    write_atomically(trust / "root.pem", root.public_bytes(Encoding.PEM))
     for name in (VALIDATOR_CA, NODE_CA):
         certificate = ca.certificate(ca.ca(name).serial)
-        _write_atomically(trust / f"{name}.pem", certificate.public_bytes(Encoding.PEM))
+        write_atomically(trust / f"{name}.pem", certificate.public_bytes(Encoding.PEM))
     _write_crls(directory, ca)
 
 
 def _write_crls(directory: Path, ca: CertificateAuthority) -> None:
     trust = directory / _TRUST
-    _write_atomically(trust / "root.crl.pem", ca.crl().public_bytes(Encoding.PEM))
+    write_atomically(trust / "root.crl.pem", ca.crl().public_bytes(Encoding.PEM))
     for name in (VALIDATOR_CA, NODE_CA):
-        _write_atomically(trust / f"{name}.crl.pem", ca.crl(name).public_bytes(Encoding.PEM))
+        write_atomically(trust / f"{name}.crl.pem", ca.crl(name).public_bytes(Encoding.PEM))
 
 
 # --- reading helpers ----------------------------------------------------------------------------
@@ -844,19 +843,3 @@ def _verify_key_of(member: MemberSetup) -> VerifyKey:
     if key.key_id != member.key_id:
         raise FederationError(f"{member.chain_path} certifies another key than {member.name}'s")
     return key
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: a temporary file beside it, fsynced, renamed
-    over ``path``; the temporary file is removed on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with temporary.open("xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

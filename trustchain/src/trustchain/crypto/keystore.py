@@ -117,6 +117,7 @@ from trustchain.errors import (
     UnknownAlgorithm,
     WrongPassphrase,
 )
+from trustchain.files import write_atomically
 
 __all__ = [
     "DB_FILENAME",
@@ -621,23 +622,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_keyfile(path: Path, key: bytes) -> None:
-    """Create ``path`` (0600) holding ``key``: temp file, fsync, atomic rename, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(key)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    """Create ``path`` (0600) holding ``key``, all or nothing."""
+    write_atomically(path, key, mode=0o600)
 
 
 def _read_keyfile(path: Path) -> bytes:

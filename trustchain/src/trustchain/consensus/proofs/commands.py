@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +74,7 @@ from trustchain.consensus.proofs.presets import DEFAULT, LOCALHOST_TESTING, PRES
 from trustchain.consensus.proofs.rejections import ProofKind, ProofRejected
 from trustchain.consensus.proofs.stake import MAX_BALANCE, StakeEntry
 from trustchain.errors import TrustChainError
+from trustchain.files import write_atomically
 
 __all__ = [
     "MAX_ASSET_BYTES",
@@ -187,32 +187,6 @@ def _check_plot_available(home: Path, chosen: Preset) -> None:
     )
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: a new file in the same directory (mode 0666
-    less the umask), written and fsynced, renamed over ``path``, and the directory fsynced.
-    On any failure the temporary file is removed and ``path`` is untouched."""
-    directory = path.parent
-    temporary = directory / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
-
-
 @contextmanager
 def _open_network(args: argparse.Namespace, home: Path, *, create: bool) -> Iterator[LocalNetwork]:
     """The proving network of ``home`` with the home's key store (unlocked), both open for
@@ -260,7 +234,7 @@ def cmd_prove(args: argparse.Namespace, home: Path) -> int:
             f"the bundle has {len(encoded)} bytes, more than a verifier accepts "
             f"({MAX_BUNDLE_BYTES}); nothing written"
         )
-    _write_atomically(out, encoded)
+    write_atomically(out, encoded)
     note(f"wrote {out} ({len(encoded)} bytes)")
     print(f"asset id: {asset.hex()}")
     print(f"version: {bundle.stake.version}")
