@@ -102,8 +102,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each side by side with a peer in the same run.
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
-    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL)
-    scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "stoq"]
+    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH)
+    scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "ledger", "stoq"]
     for script in scripts:
         session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")
 

@@ -613,14 +613,6 @@ def _argon2(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_keyfile(path: Path, key: bytes) -> None:
     """Create ``path`` (0600) holding ``key``, all or nothing."""
     write_atomically(path, key, mode=0o600)
