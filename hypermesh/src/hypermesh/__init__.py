@@ -1,4 +1,7 @@
-"""hypermesh — nothing real is implemented here yet; see README.md."""
+"""hypermesh — resource adapters, the ledger validator and its client over STOQ, and the demo.
+
+See README.md for what is real and what is not yet.
+"""
 
 from importlib.metadata import version as _version
 
