@@ -63,6 +63,7 @@ from trustchain.errors import (
 ASSETS = 3
 VERSIONS = 4
 VARIANTS = 2
+EPOCHS = 3  # the changes of the grid are also submitted, and voted on, in epochs 1 and 2
 NO_VALIDATOR = bytes(32)
 
 Slot = tuple[int, int, int]  # (asset number, version, variant)
@@ -80,7 +81,10 @@ def signer(key: SigningKey) -> Callable[[bytes], bytes]:
 class World:
     """The committee, its keys (sorted by id; ``keys[0]`` is the ledger's validator and
     ``keys[:3]`` vote), an owner key, and every change of the asset/version/variant grid with
-    its certificate, certified ballot and the validator's own vote."""
+    its certificate, certified ballot and the validator's own vote (epoch 0); the same changes
+    submitted again in each later epoch with the validator's vote of that epoch (``later``);
+    and ``advances[e - 1]``, the certificate that makes the same members the committee of
+    epoch ``e``."""
 
     keys: tuple[SigningKey, ...]
     committee: Committee
@@ -89,6 +93,8 @@ class World:
     certificates: dict[Slot, ledger_pb2.StateCertificate]
     ballots: dict[Slot, Ballot]
     own_votes: dict[Slot, ledger_pb2.Vote]
+    later: dict[tuple[int, Slot], tuple[ledger_pb2.AssetStateChange, ledger_pb2.Vote]]
+    advances: tuple[ledger_pb2.CommitteeCertificate, ...]
 
     @property
     def own(self) -> bytes:
@@ -102,9 +108,19 @@ class World:
     def signers(self) -> tuple[SigningKey, ...]:
         return self.keys[:3]
 
-    def lock_entry(self, slot: Slot) -> tuple[Ballot, ledger_pb2.AssetStateChange, ledger_pb2.Vote]:
-        change = self.changes[slot]
-        return Ballot.for_change(change, self.own), change, self.own_votes[slot]
+    def lock_entry(
+        self, slot: Slot, epoch: int = 0
+    ) -> tuple[Ballot, ledger_pb2.AssetStateChange, ledger_pb2.Vote]:
+        """What the validator locks when it votes for ``slot``'s change in ``epoch``."""
+        if epoch == 0:
+            change, vote = self.changes[slot], self.own_votes[slot]
+        else:
+            change, vote = self.later[(epoch, slot)]
+        return Ballot.for_change(change, self.own), change, vote
+
+    def vote(self, slot: Slot, epoch: int = 0) -> ledger_pb2.Vote:
+        """The validator's vote for ``slot``'s change in ``epoch``."""
+        return self.lock_entry(slot, epoch)[2]
 
 
 def make_change(
@@ -186,7 +202,20 @@ def world() -> World:
             strict=True,
         )
     )
-    return World(keys, committee, owner, changes, certificates, ballots, own_votes)
+    later = {}
+    for epoch in range(1, EPOCHS):
+        again = [sign_change(changes[s].proofs, epoch, signer(owner)) for s in slots]
+        votes = sign_ballots(
+            [Ballot.for_change(c, own) for c in again], signer(keys[0]), batch=True
+        )
+        later.update({(epoch, s): (c, v) for s, c, v in zip(slots, again, votes, strict=True)})
+    advances = []
+    for epoch in range(1, EPOCHS):
+        current = Committee(epoch - 1, members)
+        advances.append(committee_certificate(current, Committee(epoch, members), keys[:3]))
+    return World(
+        keys, committee, owner, changes, certificates, ballots, own_votes, later, tuple(advances)
+    )
 
 
 @pytest.fixture
@@ -589,48 +618,70 @@ def test_evidence_is_deduplicated(ledger: Ledger, world: World) -> None:
 # --- committees -------------------------------------------------------------------------------
 
 
-def committee_certificate(world: World, nxt: Committee) -> ledger_pb2.CommitteeCertificate:
-    """The current committee's votes (of ``world.signers``) for ``nxt``."""
+def committee_certificate(
+    current: Committee, nxt: Committee, keys: Sequence[SigningKey]
+) -> ledger_pb2.CommitteeCertificate:
+    """The votes of ``keys`` (members of ``current``) for ``nxt``."""
     votes = [
         sign_ballots(
-            [Ballot(nxt.epoch - 1, k.public_key().key_id, NO_VALIDATOR, nxt.epoch, nxt.digest())],
+            [Ballot(current.epoch, k.public_key().key_id, NO_VALIDATOR, nxt.epoch, nxt.digest())],
             signer(k),
             batch=False,
         )[0]
-        for k in world.signers
+        for k in keys
     ]
     return ledger_pb2.CommitteeCertificate(next=nxt.to_message(), votes=votes)
 
 
-def test_advance_committee_drops_old_locks(ledger: Ledger, world: World) -> None:
+def test_locks_outlive_committee_changes(ledger: Ledger, world: World) -> None:
     ledger.record_locks([world.lock_entry((0, 0, 0)), world.lock_entry((1, 0, 0))])
     one = Committee(1, world.committee.members)
-    ledger.advance_committee(committee_certificate(world, one))
+    ledger.advance_committee(world.advances[0])
     assert ledger.epoch == 1
     assert ledger.committee_message() == one.to_message()
     assert ledger.committee_message(0) == world.genesis
     assert committee_digest(one.to_message()) == one.digest()
-    assert ledger.locked_vote(asset_id(0), 0) is None
-    assert ledger.locked_vote(asset_id(1), 0) is None
-    # Epoch 1: the slot can be voted on again, for another change.
-    change = make_change(world.owner, 0, 0, 1, epoch=1)
-    ballot = Ballot.for_change(change, world.own)
-    (vote,) = sign_ballots([ballot], signer(world.keys[0]), batch=False)
-    ledger.record_locks([(ballot, change, vote)])
-    assert ledger.locked_vote(asset_id(0), 0) == vote
-    # The same committee again: nothing happens; the lock of the current epoch stays.
-    ledger.advance_committee(committee_certificate(world, one))
+    # The locks of epoch 0 are kept.
+    assert ledger.locked_vote(asset_id(0), 0) == world.vote((0, 0, 0))
+    assert ledger.locked_vote(asset_id(1), 0) == world.vote((1, 0, 0))
+    # Epoch 1: another change of a slot locked in epoch 0 is a conflict with the epoch-0
+    # vote, and nothing of the call is written.
+    with pytest.raises(ChangeRefused) as excinfo:
+        ledger.record_locks([world.lock_entry((2, 0, 0), 1), world.lock_entry((0, 0, 1), 1)])
+    detail = refused(excinfo, LedgerRefusal.CONFLICT)
+    digest = world.ballots[(0, 0, 0)].change_digest
+    assert detail == f"asset {asset_id(0).hex()} version 0 is locked to change {digest.hex()}"
+    assert excinfo.value.locked_vote == world.vote((0, 0, 0))
+    assert ledger.locked_vote(asset_id(2), 0) is None
+    # The same change submitted in epoch 1: the lock moves to the epoch-1 vote.
+    ledger.record_locks([world.lock_entry((0, 0, 0), 1)])
+    moved = ledger.locked_vote(asset_id(0), 0)
+    assert moved == world.vote((0, 0, 0), 1)
+    assert moved is not None
+    assert (moved.epoch, moved.change_digest) == (1, digest)
+    # The epoch-0 vote again: the lock keeps its newest vote.
+    ledger.record_locks([world.lock_entry((0, 0, 0))])
+    assert ledger.locked_vote(asset_id(0), 0) == world.vote((0, 0, 0), 1)
+    # The same committee again: nothing happens.
+    ledger.advance_committee(world.advances[0])
     assert ledger.epoch == 1
-    assert ledger.locked_vote(asset_id(0), 0) == vote
+    assert ledger.locked_vote(asset_id(0), 0) == world.vote((0, 0, 0), 1)
     with pytest.raises(LedgerError, match="the next committee is of epoch 2, not 3"):
-        ledger.advance_committee(committee_certificate(world, Committee(3, one.members)))
+        ledger.advance_committee(committee_certificate(one, Committee(3, one.members), []))
     with pytest.raises(LedgerError, match="epoch 1 already has another committee"):
-        ledger.advance_committee(committee_certificate(world, Committee(1, one.members[:3])))
+        ledger.advance_committee(committee_certificate(one, Committee(1, one.members[:3]), []))
     with pytest.raises(InvalidCommittee, match="the next committee has no members"):
         ledger.advance_committee(ledger_pb2.CommitteeCertificate(next=ledger_pb2.Committee()))
     two = Committee(2, one.members[1:])
-    ledger.advance_committee(committee_certificate(world, two))
+    ledger.advance_committee(committee_certificate(one, two, world.keys[1:]))
     assert ledger.epoch == 2
+    assert ledger.locked_vote(asset_id(0), 0) == world.vote((0, 0, 0), 1)
+    assert ledger.locked_vote(asset_id(1), 0) == world.vote((1, 0, 0))
+    ledger.audit()
+    # A certificate of the slot, of any epoch and even for another change, releases its lock.
+    apply(ledger, world, (1, 0, 1))
+    assert ledger.locked_vote(asset_id(1), 0) is None
+    apply(ledger, world, (0, 0, 0))
     assert ledger.locked_vote(asset_id(0), 0) is None
     ledger.audit()
 
@@ -717,9 +768,7 @@ def test_audit_detects_a_tampered_row(tmp_path: Path, world: World, case: int) -
                 )
             )
         )
-        ledger.advance_committee(
-            committee_certificate(world, Committee(1, world.committee.members))
-        )
+        ledger.advance_committee(world.advances[0])
         change = make_change(world.owner, 1, 1, 0, epoch=1)
         ballot = Ballot.for_change(change, world.own)
         (vote,) = sign_ballots([ballot], signer(world.keys[0]), batch=False)
@@ -753,21 +802,23 @@ _slot = st.tuples(
     st.sampled_from([0, 0, 0, 1, 1, 2, 3]),
     st.integers(0, VARIANTS - 1),
 )
-_operation = st.one_of(
+_operation: st.SearchStrategy[tuple[str, list[Slot]]] = st.one_of(
     st.tuples(st.just("apply"), st.lists(_slot, min_size=1, max_size=1)),
     st.tuples(st.just("lock"), st.lists(_slot, min_size=1, max_size=3)),
+    st.tuples(st.just("advance"), st.lists(_slot, max_size=0)),
 )
 
 
 class Model:
-    """What the ledger should hold: each asset's (version, variant), the log, the locks and
-    the evidence, in order."""
+    """What the ledger should hold: the epoch, each asset's (version, variant), the log, the
+    locks (variant and epoch of the newest vote) and the evidence, in order."""
 
     def __init__(self, world: World) -> None:
         self.world = world
+        self.epoch = 0
         self.state: dict[int, tuple[int, int]] = {}
         self.log: list[Slot] = []
-        self.locks: dict[tuple[int, int], int] = {}
+        self.locks: dict[tuple[int, int], tuple[int, int]] = {}
         self.evidence: list[ledger_pb2.Evidence] = []
 
     def applied(self, asset: int, version: int) -> int | None:
@@ -813,21 +864,39 @@ class Model:
             }
 
     def lock(self, ledger: Ledger, slots: list[Slot]) -> None:
+        """Lock ``slots`` with the votes of the current epoch: a slot locked to another
+        variant, in any epoch, refuses the call; one locked to the same variant in an
+        earlier epoch moves to this one."""
+        entries = [self.world.lock_entry(s, self.epoch) for s in slots]
         tentative = dict(self.locks)
         for asset, version, variant in slots:
-            held = tentative.setdefault((asset, version), variant)
+            held, epoch = tentative.setdefault((asset, version), (variant, self.epoch))
             if held != variant:
-                event("lock: conflict")
+                event("lock: conflict" if epoch == self.epoch else "lock: conflict, older epoch")
                 with pytest.raises(ChangeRefused) as excinfo:
-                    ledger.record_locks([self.world.lock_entry(s) for s in slots])
+                    ledger.record_locks(entries)
                 refused(excinfo, LedgerRefusal.CONFLICT)
-                assert excinfo.value.locked_vote == self.world.own_votes[(asset, version, held)]
+                assert excinfo.value.locked_vote == self.world.vote((asset, version, held), epoch)
                 return
+            if epoch < self.epoch:
+                event("lock: moved to a later epoch")
+                tentative[(asset, version)] = (variant, self.epoch)
         event("lock: recorded")
-        ledger.record_locks([self.world.lock_entry(s) for s in slots])
+        ledger.record_locks(entries)
         self.locks = tentative
 
+    def advance(self, ledger: Ledger) -> None:
+        """The next committee (same members), or the current one again once at the last."""
+        if self.epoch + 1 < EPOCHS:
+            event("advance: next epoch")
+            ledger.advance_committee(self.world.advances[self.epoch])
+            self.epoch += 1
+        else:
+            event("advance: the same committee again")
+            ledger.advance_committee(self.world.advances[self.epoch - 1])
+
     def check(self, ledger: Ledger) -> None:
+        assert ledger.epoch == self.epoch
         for asset in range(ASSETS):
             state = ledger.state(asset_id(asset))
             if asset not in self.state:
@@ -843,7 +912,9 @@ class Model:
             for slot_version in range(VERSIONS):
                 held = self.locks.get((asset, slot_version))
                 expected = (
-                    None if held is None else self.world.own_votes[(asset, slot_version, held)]
+                    None
+                    if held is None
+                    else self.world.vote((asset, slot_version, held[0]), held[1])
                 )
                 assert ledger.locked_vote(asset_id(asset), slot_version) == expected
 
@@ -861,8 +932,10 @@ def test_ledger_matches_a_model(world: World, operations: list[tuple[str, list[S
         for kind, slots in operations:
             if kind == "apply":
                 model.apply(ledger, slots[0])
-            else:
+            elif kind == "lock":
                 model.lock(ledger, slots)
+            else:
+                model.advance(ledger)
             model.check(ledger)
         certificates = ledger.certificates_since(0, 100)
         assert certificates == [world.certificates[s] for s in model.log]

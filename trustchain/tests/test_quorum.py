@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -877,6 +877,7 @@ def test_a_committee_change_is_certified_and_applied(world: World, net: Net) -> 
     # Before: core 0 has voted for A in epoch 0, and A is certified in epoch 0.
     a = world.change(world.a0)
     certificate = net.certify(a, cores=(0, 1, 2))
+    locks = [ledger.locked_vote(world.photos, 0) for ledger in net.ledgers]
     next_message = committee_message(world.validators[1:5], (2, 1, 1, 1), epoch=1)
     change = committee_certificate(world, next_message, old[:3])
     for core, ledger in zip(net.cores, net.ledgers, strict=True):
@@ -886,7 +887,9 @@ def test_a_committee_change_is_certified_and_applied(world: World, net: Net) -> 
         assert ledger.epoch == 1
         assert one(core, committee=change).accepted  # again: nothing changes
         ledger.audit()
-    assert net.ledgers[0].locked_vote(world.photos, 0) is None  # epoch-0 locks are dropped
+    # The locks of epoch 0 are kept (the safety of committee changes rests on them).
+    assert [ledger.locked_vote(world.photos, 0) for ledger in net.ledgers] == locks
+    assert [lock is not None and lock.epoch == 0 for lock in locks] == [True, True, True, False]
     # Changes of epoch 0 are refused now; validators outside the new committee vote no more.
     removed = net.cores[0]  # validators[0] is not in the next committee
     assert (
@@ -894,13 +897,22 @@ def test_a_committee_change_is_certified_and_applied(world: World, net: Net) -> 
         in refusal(one(removed, change=world.change(world.a0, 1)), R.WRONG_EPOCH).detail
     )
     assert "epoch 0" in refusal(one(net.cores[1], change=a), R.WRONG_EPOCH).detail
+    # The change core 1 voted for in epoch 0, submitted again in epoch 1: a vote of epoch 1.
     vote = voted(one(net.cores[1], change=world.change(world.a0, 1)))
-    assert vote.epoch == 1
-    # A certificate of epoch 0 not applied before the change is void now.
-    assert (
-        "epoch 0, the committee is of 1"
-        in refusal(one(net.cores[2], certificate=certificate), R.WRONG_EPOCH).detail
+    assert (vote.epoch, vote.change_digest) == (1, change_digest(a))
+    assert net.ledgers[1].locked_vote(world.photos, 0) == vote
+    # A certificate of epoch 0 is checked against the committee of epoch 0: a vote of
+    # validators[4], a member of epoch 1 only, does not count in it.
+    outsider = ledger_pb2.StateCertificate(
+        change=a, votes=[*certificate.votes[1:], byzantine_vote(world.validators[4], a).vote]
     )
+    assert (
+        "not in the committee"
+        in refusal(one(net.cores[2], certificate=outsider), R.INVALID_CERTIFICATE).detail
+    )
+    # The certificate of epoch 0, formed before the change, is applied after it.
+    assert one(net.cores[2], certificate=certificate).WhichOneof("body") == "applied"
+    assert net.ledgers[2].locked_vote(world.photos, 0) is None
     # Evidence of epoch 0 is still evidence (checked under the committee of epoch 0).
     byzantine = world.validators[3]
     evidence = ledger_pb2.Evidence(
@@ -918,7 +930,10 @@ def test_a_committee_change_is_certified_and_applied(world: World, net: Net) -> 
         for core in net.cores[1:]:
             collector.add(core.validator_id, one(core, change=epoch1))
         assert collector.certificate is not None
-        refusal(one(behind.cores[0], certificate=collector.certificate), R.WRONG_EPOCH)
+        assert (
+            refusal(one(behind.cores[0], certificate=collector.certificate), R.WRONG_EPOCH).detail
+            == "a certificate of epoch 1, the committee is of 0"
+        )
         assert one(behind.cores[0], committee=change).accepted
         assert one(behind.cores[0], certificate=collector.certificate).WhichOneof("body") == (
             "applied"
@@ -982,6 +997,150 @@ def test_invalid_committee_changes_are_refused(world: World, net: Net) -> None:
     assert net.ledgers[0].epoch == 0
 
 
+def same_members(world: World, epoch: int) -> ledger_pb2.CommitteeCertificate:
+    """The genesis members, with their stakes, as the committee of ``epoch`` (certified by
+    three of them as the committee of ``epoch - 1``)."""
+    current = Committee.from_message(
+        committee_message(world.validators[:4], (1, 1, 1, 1), epoch - 1), world.store
+    )
+    nxt = committee_message(world.validators[:4], (1, 1, 1, 1), epoch)
+    return committee_certificate(world, nxt, world.validators[:3], current)
+
+
+def test_an_owner_cannot_certify_another_change_of_a_slot_after_a_committee_change(
+    world: World, net: Net
+) -> None:
+    # Epoch 0: cores 0, 1 and 2 vote for X; X is certified but only core 0 applies it before
+    # the committee changes; core 3 never saw X.
+    x = world.change(world.a0)
+    certificate = net.certify(x, cores=(0, 1, 2))
+    net.apply(certificate, cores=(0,))
+    change = same_members(world, 1)
+    for core in net.cores:
+        assert one(core, committee=change).accepted
+    # Epoch 1: the owner equivocates with Y, another change of (photos, version 0). Had the
+    # committee change dropped the locks, cores 1, 2 and 3 would be a quorum for Y, and the
+    # validators would diverge (core 0 at X, the others at Y).
+    y = world.change(world.b0, 1)
+    collector = VoteCollector(y, net.cores[0].committee)
+    answers = [one(core, change=y) for core in net.cores]
+    for core, answer in zip(net.cores, answers, strict=True):
+        collector.add(core.validator_id, answer)
+    assert refusal(answers[0], R.WRONG_VERSION).detail == (
+        f"asset {world.photos.hex()} version 0 is already recorded (recorded version 0)"
+    )
+    for index in (1, 2):
+        conflict = refusal(answers[index], R.CONFLICT)
+        assert conflict.detail == (
+            f"asset {world.photos.hex()} version 0 is locked to change {change_digest(x).hex()}"
+        )
+        assert conflict.locked_vote == net.ledgers[index].locked_vote(world.photos, 0)
+        assert Ballot.of(conflict.locked_vote) == Ballot.for_change(
+            x, net.cores[index].validator_id
+        )
+    assert voted(answers[3]).epoch == 1  # core 3 holds no lock: it votes for Y
+    assert collector.certificate is None
+    assert collector.hopeless
+    assert collector.invalid == {}  # a lock of epoch 0 is a refusal, not a bad vote
+    assert {v: r.reason for v, r in collector.refusals.items()} == {
+        net.cores[0].validator_id: R.WRONG_VERSION,
+        net.cores[1].validator_id: R.CONFLICT,
+        net.cores[2].validator_id: R.CONFLICT,
+    }
+    # The certificate of epoch 0 applies after the change, also on core 3 that voted for Y:
+    # every validator ends at X, with the same log.
+    applied = net.apply(certificate, cores=(1, 2, 3))
+    assert {a.log_root for a in applied} == {net.ledgers[0].log_root()}
+    for ledger in net.ledgers:
+        state = ledger.state(world.photos)
+        assert state is not None
+        assert state.state_hash == change_digest(x)
+        assert ledger.locked_vote(world.photos, 0) is None
+        ledger.audit()
+
+
+def test_a_validator_behind_a_committee_change_applies_the_old_epochs_certificates(
+    world: World, net: Net
+) -> None:
+    lagging = net.cores[3]
+    first = net.certify(world.change(world.a0), cores=(0, 1, 2))
+    net.apply(first, cores=(0, 1, 2))
+    # The committee changes (validators[0]'s stake doubles) without the lagging core.
+    next_message = committee_message(world.validators[:4], (2, 1, 1, 1), epoch=1)
+    change = committee_certificate(world, next_message, world.validators[:3])
+    for core in net.cores[:3]:
+        assert one(core, committee=change).accepted
+    second = net.certify(world.change(world.a1, 1), cores=(0, 1, 2))
+    net.apply(second, cores=(0, 1, 2))
+    # A certificate of a later epoch than the lagging core's is refused until it follows.
+    assert (
+        refusal(one(lagging, certificate=second), R.WRONG_EPOCH).detail
+        == "a certificate of epoch 1, the committee is of 0"
+    )
+    assert one(lagging, committee=change).accepted
+    assert refusal(one(lagging, certificate=second), R.WRONG_VERSION).detail.startswith(
+        "missing predecessor"
+    )
+    assert syncing(lagging)
+    # It catches up from a peer's log: the certificate of epoch 0 (checked against the
+    # committee of epoch 0) and the one of epoch 1, in the peer's order.
+    batch = one(net.cores[0], certificates_since=ledger_pb2.CertificatesSince(log_index=0))
+    assert [c.change.epoch for c in batch.certificates.certificates] == [0, 1]
+    responses = lagging.handle(
+        [ledger_pb2.LedgerRequest(certificate=c) for c in batch.certificates.certificates]
+    )
+    assert [r.WhichOneof("body") for r in responses] == ["applied"] * 2
+    lagging.sync_done()
+    assert net.ledgers[3].log_root() == net.ledgers[0].log_root()
+    assert responses[1].applied == net.ledgers[0].state_hash_at(1)
+    mine, theirs = net.ledgers[3].state(world.photos), net.ledgers[0].state(world.photos)
+    assert mine == theirs
+    assert mine is not None
+    assert (mine.version, mine.state_hash) == (1, change_digest(world.change(world.a1)))
+    net.ledgers[3].audit()
+
+
+def test_a_change_cut_off_by_a_committee_change_is_finished_in_the_next_epoch(
+    world: World, net: Net
+) -> None:
+    old = world.change(world.a0)
+    votes = [voted(one(net.cores[index], change=old)) for index in (0, 1)]  # no quorum yet
+    change = same_members(world, 1)
+    for core in net.cores:
+        assert one(core, committee=change).accepted
+    assert "epoch 0" in refusal(one(net.cores[2], change=old), R.WRONG_EPOCH).detail
+    # The owner submits the same change (same proofs, same digest) again in epoch 1.
+    again = world.change(world.a0, 1)
+    assert change_digest(again) == change_digest(old)
+    calls = [signer.calls for signer in net.signers]
+    collector = VoteCollector(again, net.cores[0].committee)
+    for index, core in enumerate(net.cores):
+        vote = voted(one(core, change=again))
+        assert (vote.epoch, vote.change_digest) == (1, change_digest(old))
+        assert net.ledgers[index].locked_vote(world.photos, 0) == vote  # the lock moved
+        if index < 2:
+            assert vote != votes[index]
+        collector.add(core.validator_id, ledger_pb2.LedgerResponse(vote=vote))
+    assert [signer.calls for signer in net.signers] == [c + 1 for c in calls]
+    # Asked again in epoch 1: the same vote, nothing signed.
+    assert voted(one(net.cores[0], change=again)) == net.ledgers[0].locked_vote(world.photos, 0)
+    assert net.signers[0].calls == calls[0] + 1
+    certificate = collector.certificate
+    assert certificate is not None
+    assert certificate.change.epoch == 1
+    # Another change of the slot is refused by every core (locked in epoch 1 now).
+    other = world.change(world.b0, 1)
+    for core in net.cores:
+        refusal(one(core, change=other), R.CONFLICT)
+    applied = net.apply(certificate)
+    assert len({a.log_root for a in applied}) == 1
+    for ledger in net.ledgers:
+        state = ledger.state(world.photos)
+        assert state is not None
+        assert state.state_hash == change_digest(old)
+        assert ledger.locked_vote(world.photos, 0) is None
+
+
 # --- the collector --------------------------------------------------------------------------------
 
 
@@ -1023,29 +1182,53 @@ def test_a_collector_knows_when_it_is_hopeless(world: World, net: Net) -> None:
 # --- the stateful test ----------------------------------------------------------------------------
 
 
+#: The last epoch the stateful test's committee changes reach.
+LAST_EPOCH = 2
+#: How many epochs before the newest one the owner submits in (mostly the newest).
+_BACK = st.sampled_from([0, 0, 0, 1, 2])
+
+
 class OwnerEquivocation(RuleBasedStateMachine):
     """Three honest cores and a Byzantine validator that signs anything; an owner with two
-    different changes A and B of the same (asset, version 0), delivered in any order."""
+    different changes A and B of the same (asset, version 0), submitted in any epoch the
+    committees have reached and delivered in any order; committee changes (the same members,
+    epochs 1 to ``LAST_EPOCH``) are certified at any point and reach each core at any later
+    point, so cores are at different epochs."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, advances: Sequence[ledger_pb2.CommitteeCertificate]) -> None:
         super().__init__()
         self.world = world
         self.directory = Path(tempfile.mkdtemp(prefix="quorum-machine-"))
         self.net = Net(world, self.directory, world.validators[:3])
         self.byzantine = world.validators[3]
-        self.changes = {"A": world.change(world.a0), "B": world.change(world.b0)}
-        self.digests = {name: change_digest(c) for name, c in self.changes.items()}
-        self.collectors = {
-            name: VoteCollector(c, world.committee) for name, c in self.changes.items()
-        }
-        #: Every valid vote anyone has seen, by digest, by validator.
-        self.votes: dict[bytes, dict[bytes, ledger_pb2.Vote]] = {
-            d: {} for d in self.digests.values()
-        }
+        self.proofs = {"A": world.a0, "B": world.b0}
+        self.names = {change_digest(world.change(p)): name for name, p in self.proofs.items()}
+        self.advances = advances  # advances[e - 1] makes the committee of epoch e
+        self.committees = [world.committee]  # of each epoch certified so far
+        self.changes: dict[tuple[str, int], ledger_pb2.AssetStateChange] = {}
+        self.collectors: dict[tuple[str, int], VoteCollector] = {}
+        #: Every valid vote anyone has seen, by (epoch, digest), by validator.
+        self.votes: dict[tuple[int, bytes], dict[bytes, ledger_pb2.Vote]] = {}
 
     def teardown(self) -> None:
         self.net.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _epoch(self, back: int) -> int:
+        """The epoch ``back`` before the newest one certified (the oldest at most)."""
+        return max(0, len(self.committees) - 1 - back)
+
+    def _change(self, name: str, epoch: int) -> ledger_pb2.AssetStateChange:
+        if (name, epoch) not in self.changes:
+            self.changes[(name, epoch)] = self.world.change(self.proofs[name], epoch)
+        return self.changes[(name, epoch)]
+
+    def _collector(self, name: str, epoch: int) -> VoteCollector:
+        if (name, epoch) not in self.collectors:
+            self.collectors[(name, epoch)] = VoteCollector(
+                self._change(name, epoch), self.committees[epoch]
+            )
+        return self.collectors[(name, epoch)]
 
     def _note(self, validator: bytes, response: ledger_pb2.LedgerResponse) -> None:
         vote = None
@@ -1054,50 +1237,93 @@ class OwnerEquivocation(RuleBasedStateMachine):
         elif response.WhichOneof("body") == "refusal" and response.refusal.HasField("locked_vote"):
             vote = response.refusal.locked_vote
         if vote is not None:
-            ballot = VoteVerifier().verify(vote, self.world.committee)
+            ballot = VoteVerifier().verify(vote, self.committees[vote.epoch])
             assert ballot.validator_id == validator
-            self.votes[ballot.change_digest].setdefault(validator, vote)
+            self.votes.setdefault((ballot.epoch, ballot.change_digest), {}).setdefault(
+                validator, vote
+            )
 
-    @rule(name=st.sampled_from(["A", "B"]), index=st.integers(0, 2))
-    def deliver_change(self, name: str, index: int) -> None:
+    @rule(name=st.sampled_from(["A", "B"]), index=st.integers(0, 2), back=_BACK)
+    def deliver_change(self, name: str, index: int, back: int) -> None:
+        epoch = self._epoch(back)
         core = self.net.cores[index]
-        response = one(core, change=self.changes[name])
+        response = one(core, change=self._change(name, epoch))
         assert response.WhichOneof("body") in ("vote", "refusal")
         if response.WhichOneof("body") == "refusal":
             reason = LedgerRefusal(response.refusal.reason)
-            assert reason in (R.CONFLICT, R.WRONG_VERSION), response.refusal
+            assert reason in (R.CONFLICT, R.WRONG_VERSION, R.WRONG_EPOCH), response.refusal
+            assert (reason is R.WRONG_EPOCH) == (epoch != core.committee.epoch)
+            locked = response.refusal.locked_vote
+            if reason is R.CONFLICT and locked.epoch < epoch:
+                event("change: refused for a lock of an earlier epoch")
+        else:
+            assert response.vote.epoch == epoch == core.committee.epoch
+            if epoch > 0:
+                event("change: a vote after a committee change")
         self._note(core.validator_id, response)
-        self.collectors[name].add(core.validator_id, response)
+        self._collector(name, epoch).add(core.validator_id, response)
 
-    @rule(name=st.sampled_from(["A", "B"]))
-    def byzantine_votes(self, name: str) -> None:
-        response = byzantine_vote(self.byzantine, self.changes[name])
+    @rule(name=st.sampled_from(["A", "B"]), back=_BACK)
+    def byzantine_votes(self, name: str, back: int) -> None:
+        epoch = self._epoch(back)
+        response = byzantine_vote(self.byzantine, self._change(name, epoch))
         self._note(self.byzantine.id, response)
-        self.collectors[name].add(self.byzantine.id, response)
+        self._collector(name, epoch).add(self.byzantine.id, response)
 
     @precondition(lambda self: any(c.certificate for c in self.collectors.values()))
-    @rule(index=st.integers(0, 2), name=st.sampled_from(["A", "B"]))
-    def deliver_certificate(self, index: int, name: str) -> None:
-        certificate = self.collectors[name].certificate
-        if certificate is None:
-            return
-        response = one(self.net.cores[index], certificate=certificate)
-        assert response.WhichOneof("body") == "applied", response
+    @rule(index=st.integers(0, 2), pick=st.integers(0, 5))
+    def deliver_certificate(self, index: int, pick: int) -> None:
+        formed = [c.certificate for _, c in sorted(self.collectors.items()) if c.certificate]
+        certificate = formed[pick % len(formed)]
+        core = self.net.cores[index]
+        response = one(core, certificate=certificate)
+        if certificate.change.epoch > core.committee.epoch:
+            refusal(response, R.WRONG_EPOCH)
+        else:  # of the core's epoch or an earlier one
+            assert response.WhichOneof("body") == "applied", response
+            if certificate.change.epoch < core.committee.epoch:
+                event("certificate: of an earlier epoch, applied")
+
+    @precondition(lambda self: len(self.committees) <= LAST_EPOCH)
+    @rule(reach=st.sets(st.integers(0, 2)))
+    def certify_committee(self, reach: set[int]) -> None:
+        """The next committee is certified; the cores in ``reach`` that were at the newest
+        epoch follow at once."""
+        certificate = self.advances[len(self.committees) - 1]
+        newest = len(self.committees) - 1
+        self.committees.append(Committee.from_message(certificate.next, self.world.store))
+        for index in sorted(reach):
+            core = self.net.cores[index]
+            if core.committee.epoch == newest:
+                assert one(core, committee=certificate).accepted
+
+    @precondition(
+        lambda self: any(c.committee.epoch < len(self.committees) - 1 for c in self.net.cores)
+    )
+    @rule(pick=st.integers(0, 2))
+    def deliver_committee(self, pick: int) -> None:
+        behind = [c for c in self.net.cores if c.committee.epoch < len(self.committees) - 1]
+        core = behind[pick % len(behind)]
+        epoch = core.committee.epoch
+        assert one(core, committee=self.advances[epoch]).accepted
+        assert core.committee.epoch == epoch + 1
 
     @invariant()
     def never_two_certificates(self) -> None:
-        valid = []
-        for name, change in self.changes.items():
-            votes = self.votes[self.digests[name]].values()
-            certificate = ledger_pb2.StateCertificate(change=change, votes=votes)
+        valid = set()
+        for (epoch, digest), votes in self.votes.items():
+            name = self.names[digest]
+            certificate = ledger_pb2.StateCertificate(
+                change=self._change(name, epoch), votes=votes.values()
+            )
             try:
-                VoteVerifier().verify_certificate(certificate, self.world.committee)
+                VoteVerifier().verify_certificate(certificate, self.committees[epoch])
             except InvalidCertificate:
                 continue
-            valid.append(name)
+            valid.add(name)
         assert len(valid) <= 1, valid
-        formed = [name for name, c in self.collectors.items() if c.certificate is not None]
-        assert set(formed) <= set(valid)
+        formed = {name for (name, _), c in self.collectors.items() if c.certificate is not None}
+        assert formed <= valid
 
     @invariant()
     def honest_validators_agree(self) -> None:
@@ -1107,13 +1333,15 @@ class OwnerEquivocation(RuleBasedStateMachine):
             if state is not None:
                 applied.add(state.state_hash)
         assert len(applied) <= 1
-        assert applied <= set(self.digests.values())
+        assert applied <= set(self.names)
 
 
 def test_an_equivocating_owner_never_gets_two_certificates(world: World) -> None:
+    advances = [same_members(world, epoch) for epoch in range(1, LAST_EPOCH + 1)]
+
     class Machine(OwnerEquivocation):
         def __init__(self) -> None:
-            super().__init__(world)
+            super().__init__(world, advances)
 
     run_state_machine_as_test(
         Machine,

@@ -2,9 +2,11 @@
 
 A :class:`Ledger` is the durable state of one validator of the quorum-certified asset ledger
 (``hypermesh.v1`` ``ledger.proto``): the committee of every epoch it has seen, the (asset,
-version) slots it has voted on (*locks*: a validator votes for one change per slot), the
-certificates it has applied in its own order, an append-only RFC 9162 Merkle log over them
-(:mod:`trustchain.ct.merkle`), each asset's recorded state, and evidence of misbehaviour.
+version) slots it has voted on (*locks*: a validator votes for one change per slot, whatever
+the epoch; locks outlive committee changes and are released only when a certificate of the
+asset at that version or later is applied), the certificates it has applied in its own order,
+an append-only RFC 9162 Merkle log over them (:mod:`trustchain.ct.merkle`), each asset's
+recorded state, and evidence of misbehaviour.
 
 The ledger checks that what it is given fits together (a ballot matches its change and vote,
 versions follow one another) but verifies no signature and no proof: the protocol core
@@ -45,10 +47,11 @@ One SQLite file, opened through :mod:`trustchain.sqlite_db` (WAL, ``synchronous=
            version INTEGER, state_hash BLOB (32),  that version's change digest (combined state
            poh_end BLOB (32),                      hash), PoH end hash, and where its
            log_index INTEGER UNIQUE)               certificate sits in the log
-    locks(asset_id BLOB (32), version INTEGER,     the slots this validator voted on: the epoch,
-          epoch INTEGER, change_digest BLOB (32),  the change digest, the AssetStateChange and the
-          change BLOB, vote BLOB,                  signed Vote; PRIMARY KEY (asset_id, version)
-          PRIMARY KEY (asset_id, version))
+    locks(asset_id BLOB (32), version INTEGER,     the slots this validator voted on: the change
+          epoch INTEGER, change_digest BLOB (32),  digest, and the epoch, AssetStateChange and
+          change BLOB, vote BLOB,                  signed Vote of its newest vote for it (the same
+          PRIMARY KEY (asset_id, version))         digest re-voted in a later epoch moves the
+                                                   lock there); PRIMARY KEY (asset_id, version)
     certificates(log_index INTEGER PRIMARY KEY,    the applied StateCertificates in log order, with
                  asset_id BLOB (32), version,      the certified (asset, version, epoch, digest);
                  epoch, change_digest BLOB (32),   UNIQUE (asset_id, version)
@@ -153,7 +156,6 @@ _SCHEMA: Final = (
     " change BLOB NOT NULL CHECK (length(change) > 0),"
     " vote BLOB NOT NULL CHECK (length(vote) > 0),"
     " PRIMARY KEY (asset_id, version)) WITHOUT ROWID",
-    "CREATE INDEX locks_by_epoch ON locks (epoch)",
     "CREATE TABLE certificates ("
     " log_index INTEGER PRIMARY KEY CHECK (log_index >= 0),"
     " asset_id BLOB NOT NULL CHECK (length(asset_id) = 32),"
@@ -458,8 +460,10 @@ class Ledger(sqlite_db.ConnectionOwner):
         return committee
 
     def advance_committee(self, certificate: ledger_pb2.CommitteeCertificate) -> None:
-        """Make ``certificate.next`` (verified by the caller) the current committee and drop
-        the locks of older epochs, in one transaction. The same committee again is a no-op;
+        """Make ``certificate.next`` (verified by the caller) the current committee, in one
+        transaction. Locks are kept: a slot this validator voted on in an earlier epoch stays
+        locked to that change (see :mod:`trustchain.consensus.quorum` for why). The same
+        committee again is a no-op;
         :class:`LedgerError` if its epoch is not the current one + 1 (or a stored epoch holds
         another committee), :class:`InvalidCommittee` if it has no members."""
         nxt = certificate.next
@@ -485,7 +489,6 @@ class Ledger(sqlite_db.ConnectionOwner):
                 " VALUES (?, ?, ?, ?)",
                 (nxt.epoch, encoded, _digest_of_encoding(encoded), _encode(certificate)),
             )
-            conn.execute("DELETE FROM locks WHERE epoch < ?", (nxt.epoch,))
 
     # -- assets and locks ------------------------------------------------------------------------
 
@@ -513,7 +516,8 @@ class Ledger(sqlite_db.ConnectionOwner):
         )
 
     def locked_vote(self, asset_id: bytes, version: int) -> ledger_pb2.Vote | None:
-        """The vote this validator cast for (asset, version) while it is locked; else None."""
+        """The newest vote this validator cast for (asset, version) while it is locked (of
+        whatever epoch); else None."""
         if not 0 <= version <= _MAX_INTEGER:
             return None
         with self._lock, _sqlite_errors(self._path):
@@ -535,11 +539,13 @@ class Ledger(sqlite_db.ConnectionOwner):
     ) -> None:
         """Lock each entry's (asset, version) to its change and signed vote, in ONE transaction.
 
-        A slot already locked to the same change digest is left as it is; if any slot is
-        locked to another digest (by an earlier call or an earlier entry of this one),
-        :class:`ChangeRefused` (``CONFLICT``, ``locked_vote`` the vote cast for it) is raised
-        and nothing is written. :class:`LedgerError` if an entry does not fit together (the
-        ballot is not this validator's, or not the vote's or the change's).
+        A slot already locked to the same change digest is left as it is, unless the entry is
+        of a later epoch than the lock: then the lock moves to it (its epoch, change and vote
+        replace the stored ones), so the lock always holds the newest vote. If any slot is
+        locked to another digest, in any epoch (by an earlier call or an earlier entry of this
+        one), :class:`ChangeRefused` (``CONFLICT``, ``locked_vote`` the vote cast for it) is
+        raised and nothing is written. :class:`LedgerError` if an entry does not fit together
+        (the ballot is not this validator's, or not the vote's or the change's).
         """
         rows = [self._lock_row(*entry) for entry in entries]
         if not rows:
@@ -550,9 +556,10 @@ class Ledger(sqlite_db.ConnectionOwner):
             sqlite_db.transaction(self._db()) as conn,
         ):
             for row in rows:
-                asset, version, _, digest, _, _ = row
+                asset, version, epoch, digest, change, vote = row
                 found = conn.execute(
-                    "SELECT change_digest, vote FROM locks WHERE asset_id = ? AND version = ?",
+                    "SELECT epoch, change_digest, vote FROM locks"
+                    " WHERE asset_id = ? AND version = ?",
                     (asset, version),
                 ).fetchone()
                 if found is None:
@@ -562,14 +569,19 @@ class Ledger(sqlite_db.ConnectionOwner):
                         row,
                     )
                     continue
-                locked = _blob(found[0], "a locked change digest", _HASH)
-                if locked == digest:
-                    continue
-                raise ChangeRefused(
-                    LedgerRefusal.CONFLICT,
-                    f"asset {asset.hex()} version {version} is locked to change {locked.hex()}",
-                    locked_vote=_decode(ledger_pb2.Vote, found[1], "a locked vote"),
-                )
+                locked = _blob(found[1], "a locked change digest", _HASH)
+                if locked != digest:
+                    raise ChangeRefused(
+                        LedgerRefusal.CONFLICT,
+                        f"asset {asset.hex()} version {version} is locked to change {locked.hex()}",
+                        locked_vote=_decode(ledger_pb2.Vote, found[2], "a locked vote"),
+                    )
+                if _integer(found[0], "a lock's epoch") < epoch:
+                    conn.execute(
+                        "UPDATE locks SET epoch = ?, change = ?, vote = ?"
+                        " WHERE asset_id = ? AND version = ?",
+                        (epoch, change, vote, asset, version),
+                    )
 
     def _lock_row(
         self, ballot: Ballot, change: ledger_pb2.AssetStateChange, vote: ledger_pb2.Vote
@@ -600,8 +612,9 @@ class Ledger(sqlite_db.ConnectionOwner):
     def apply(
         self, certificate: ledger_pb2.StateCertificate, ballot: Ballot
     ) -> common_pb2.StateHash:
-        """Apply ``certificate``, whose certified ballot (its votes verified by the caller) is
-        ``ballot``, in ONE transaction; return where it sits in the log.
+        """Apply ``certificate``, whose certified ballot (its votes verified by the caller
+        against the committee of its epoch, the current one or an earlier one) is ``ballot``,
+        in ONE transaction; return where it sits in the log.
 
         * already applied with this digest: its StateHash (at the current log size);
         * applied with another digest: the equivocations the two certificates prove (votes of

@@ -14,8 +14,10 @@ or threads; its durable state is its :class:`~trustchain.consensus.ledger.Ledger
   a version beyond ``2**63 - 1``; ``TOO_LARGE``: proofs over
   :data:`~trustchain.consensus.proofs.bundle.MAX_BUNDLE_BYTES`), epoch (``WRONG_EPOCH``: not
   the current committee's, or this validator is not a member of it), version (``WRONG_VERSION``:
-  not the asset's next here), lock (a slot locked to the same change digest answers with the
-  vote already cast, signing nothing new; to another digest: ``CONFLICT`` with that vote), the
+  not the asset's next here), lock (a slot locked to the same change digest in this epoch
+  answers with the vote already cast, signing nothing new; locked to it in an earlier epoch,
+  the change goes on through the checks below and gets a new vote of this epoch, the lock
+  moving to it; locked to another digest, in ANY epoch: ``CONFLICT`` with the vote cast), the
   four proofs (``INVALID_PROOFS``, with the ``ValidationResult``) and the owner signature under
   the stake proof chain's leaf key (``INVALID_OWNER_SIGNATURE``). Changes that pass are locked
   at the end of the call in ONE :meth:`~trustchain.consensus.ledger.Ledger.record_locks`, their
@@ -25,16 +27,18 @@ or threads; its durable state is its :class:`~trustchain.consensus.ledger.Ledger
   is refused at that point (``WRONG_VERSION`` / ``WRONG_EPOCH``). Of two changes of one call
   for the same slot, the first that passes wins; the second gets ``CONFLICT`` (or, for the same
   digest, the same vote).
-* ``certificate``: its votes verified against the current committee; a certificate of another
-  epoch is ``WRONG_EPOCH`` (the locks of an epoch are dropped when the committee changes, so a
-  certificate of an earlier epoch that was not applied before the change is void, as in Sui),
-  failed verification ``INVALID_CERTIFICATE``. Every vote of a valid certificate is compared
+* ``certificate``: its votes verified against the committee of its epoch -- the current one
+  or an earlier one, from the ledger (a certificate formed before a committee change still
+  applies after it) --; a certificate of a later epoch than the current one is
+  ``WRONG_EPOCH``, failed verification (or an earlier committee whose chains no longer
+  validate) ``INVALID_CERTIFICATE``. Every vote of a valid certificate is compared
   with the votes this core has seen from that validator for that slot (a bounded memory) and,
   for its own votes, with its ledger's lock: a conflict is stored as evidence. Then the ledger
   applies it: ``applied`` with the StateHash; a missing predecessor is ``WRONG_VERSION`` and
   sets :attr:`ValidatorCore.needs_sync`; a certificate for a slot already applied with another
-  digest (only possible if more than a third of the stake is Byzantine) is ``CONFLICT`` (the
-  ledger stores the evidence).
+  digest (only possible beyond the fault bound: more than a third of the stake Byzantine, or a
+  committee change past what "Committee changes" below covers) is ``CONFLICT`` (the ledger
+  stores the evidence there is: votes of one validator for both, in one epoch).
 * ``certificates_since``: up to :data:`MAX_CERTIFICATES` applied certificates in log order
   (``limit`` 0 or above the cap: the cap).
 * ``evidence``: an equivocation whose two votes verify under the committee of their epoch (the
@@ -62,6 +66,46 @@ and returns the certificate once the votes reach a quorum.
 Committee ballots (see :mod:`.votes`): a member of the committee of epoch ``e`` endorses the
 committee of epoch ``e + 1`` by signing the ballot ``(e, its id, 32 zero bytes, e + 1,
 SHA-256(COMMITTEE_LABEL || deterministic encoding of the next Committee message))``.
+
+Committee changes: what is safe, and what is not
+================================================
+
+Changes are voted on in the current epoch only (a vote binds its epoch), but locks outlive
+committee changes and certificates of earlier epochs are still applied, each checked against
+the committee of its own epoch (the ledger keeps them all). So a validator that fell behind
+before a change can still apply the old epoch's certificates (from a peer's log, in the
+peer's order), and an owner whose change was cut off by the committee change finishes it by
+submitting the same change digest again in the new epoch: its old voters vote again in the
+new epoch, nobody else is locked, and a certificate of the new epoch forms.
+
+Why a slot cannot be certified twice across epochs. Suppose certificates for two different
+changes X and Y of one (asset, version) exist, X of epoch ``e`` and Y of epoch ``e' >= e``. An
+honest validator whose vote is in X's quorum locked the slot to X when it voted, before any
+vote of a later epoch (its epoch only grows); from then on it either still holds that lock
+(kept across committee changes, released only by applying a certificate of the asset at that
+version or a later one) or has applied a certificate of that version (a later version needs it
+applied first), after which it answers any change of that version ``WRONG_VERSION``. Either way
+it never votes for Y, in any epoch. So Y's quorum of committee ``e'`` and X's quorum of
+committee ``e`` share no honest validator. Within one committee that is the usual bound: two
+quorums overlap in more than a third of the stake, so it takes more than a third of Byzantine
+stake. Across a change that keeps its members' stakes, a quorum of either committee leaves out
+less than a third of that committee's stake, so the two quorums share an honest validator
+whenever the honest members kept by the change hold at least two thirds of the stake of each
+committee (with equal totals: the stake replaced plus the Byzantine stake kept is at most a
+third). An unchanged committee (new epoch, same members) is the first case.
+
+NOT handled: a committee change that replaces more than a third of the stake. A quorum of the
+old committee can then be disjoint from a quorum of the new one even if every validator is
+honest -- the new members hold no locks and have applied nothing -- so an owner that
+equivocates across the change can have X certified in the old epoch and Y in the new one,
+and validators that apply different ones diverge (the second is refused with ``CONFLICT``
+where the first is applied, nothing more). The same holds, in proportion, when a smaller
+replacement meets Byzantine stake. Closing that needs the old committee to hand over its locks
+and applied certificates before it retires, so the new committee starts from the state the
+old one agreed on (Sui's end-of-epoch checkpoint); that is not built. Nor are two votes of
+one validator for one slot in different epochs evidence (an ``Equivocation`` is of one
+epoch). Liveness is as before: an owner that split the votes of a slot between two changes
+so that neither can reach a quorum has blocked that slot for good, whatever the epoch.
 """
 
 from __future__ import annotations
@@ -362,14 +406,19 @@ class ValidatorCore:
             return None
         locked = self._ledger.locked_vote(asset, version)
         if locked is not None:
-            if bytes(locked.change_digest) == ballot.change_digest:
+            if bytes(locked.change_digest) != ballot.change_digest:
+                # Locked to another change, in this epoch or an earlier one: never vote for a
+                # second change of a slot (see "Committee changes" in the module docs).
+                return _refusal(
+                    LedgerRefusal.CONFLICT,
+                    f"asset {asset.hex()} version {version} is locked to change "
+                    f"{bytes(locked.change_digest).hex()}",
+                    locked_vote=locked,
+                )
+            if locked.epoch == ballot.epoch:
                 return _vote_response(locked)
-            return _refusal(
-                LedgerRefusal.CONFLICT,
-                f"asset {asset.hex()} version {version} is locked to change "
-                f"{bytes(locked.change_digest).hex()}",
-                locked_vote=locked,
-            )
+            # The same change, voted in an earlier epoch: checked and voted again in this one
+            # (record_locks moves the lock to the new vote).
         previous = state.previous() if state is not None else None
         result = validate_four_proofs(change.proofs, previous=previous, context=call.context())
         if not result.valid:
@@ -485,11 +534,16 @@ class ValidatorCore:
 
     def _certificate(self, certificate: ledger_pb2.StateCertificate) -> ledger_pb2.LedgerResponse:
         epoch = certificate.change.epoch
-        committee = self._committee
-        if epoch != committee.epoch:
+        try:
+            committee = self._committee_of(epoch)
+        except InvalidCommittee as exc:
+            return _refusal(
+                LedgerRefusal.INVALID_CERTIFICATE, f"the committee of epoch {epoch}: {exc}"
+            )
+        if committee is None:
             return _refusal(
                 LedgerRefusal.WRONG_EPOCH,
-                f"a certificate of epoch {epoch}, the committee is of {committee.epoch}",
+                f"a certificate of epoch {epoch}, the committee is of {self._committee.epoch}",
             )
         try:
             ballot = self._verifier.verify_certificate(certificate, committee)
@@ -511,7 +565,7 @@ class ValidatorCore:
             if before is None or before.version < ballot.version:
                 raise
             # The slot is applied here with another digest: two valid certificates conflict
-            # (more than a third of the stake equivocated); the ledger stored the evidence.
+            # (beyond the fault bound, see the module docs); the ledger stored the evidence.
             return _refusal(LedgerRefusal.CONFLICT, str(exc))
         return ledger_pb2.LedgerResponse(applied=applied)
 
@@ -824,5 +878,12 @@ class VoteCollector:
                 locked_vote=refusal.locked_vote if refusal.HasField("locked_vote") else None,
                 validation=refusal.validation if refusal.HasField("validation") else None,
             )
-        if reason is LedgerRefusal.CONFLICT and refusal.HasField("locked_vote"):
+        if (
+            reason is LedgerRefusal.CONFLICT
+            and refusal.HasField("locked_vote")
+            and refusal.locked_vote.epoch == self._expected.epoch
+        ):
+            # A lock of this epoch: the vote counts (for the change) or proves an
+            # equivocation. A lock of an earlier epoch is the refusal's reason only: a vote of
+            # another committee, which no certificate of this epoch can use.
             self._take_vote(validator, refusal.locked_vote)

@@ -58,7 +58,9 @@ class _LedgerRefusalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LedgerR
     LEDGER_REFUSAL_WRONG_VERSION: _LedgerRefusal.ValueType  # 5
     """The version is not the asset's next one here (already recorded, or a predecessor missing)."""
     LEDGER_REFUSAL_WRONG_EPOCH: _LedgerRefusal.ValueType  # 6
-    """The message names another epoch than the validator's current one."""
+    """A change of another epoch than the validator's current one, or a certificate or evidence of
+    a later epoch (certificates of earlier epochs are checked against their own committee).
+    """
     LEDGER_REFUSAL_INVALID_CERTIFICATE: _LedgerRefusal.ValueType  # 7
     """A certificate whose votes do not verify or do not reach a quorum."""
     LEDGER_REFUSAL_TOO_LARGE: _LedgerRefusal.ValueType  # 8
@@ -79,7 +81,9 @@ LEDGER_REFUSAL_CONFLICT: LedgerRefusal.ValueType  # 4
 LEDGER_REFUSAL_WRONG_VERSION: LedgerRefusal.ValueType  # 5
 """The version is not the asset's next one here (already recorded, or a predecessor missing)."""
 LEDGER_REFUSAL_WRONG_EPOCH: LedgerRefusal.ValueType  # 6
-"""The message names another epoch than the validator's current one."""
+"""A change of another epoch than the validator's current one, or a certificate or evidence of
+a later epoch (certificates of earlier epochs are checked against their own committee).
+"""
 LEDGER_REFUSAL_INVALID_CERTIFICATE: LedgerRefusal.ValueType  # 7
 """A certificate whose votes do not verify or do not reach a quorum."""
 LEDGER_REFUSAL_TOO_LARGE: LedgerRefusal.ValueType  # 8
