@@ -26,9 +26,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hypermesh.node.ledger_client import (
+    ExchangeFailed,
     LedgerClient,
     NotCertified,
     RecordOutcome,
+    ValidatorUnreachable,
     exchange,
 )
 from hypermesh.node.validator import (
@@ -472,6 +474,37 @@ def test_a_validator_that_was_down_catches_up_in_log_order(network: Network) -> 
     network.wait_ready(setup.name)
     states = asset_states(network, change.proofs.stake.asset_id.id)
     assert {s.recorded.SerializeToString() for s in states.values()} == {state.SerializeToString()}
+
+
+def test_a_connection_to_a_restarted_validator_is_dropped_and_redialled(network: Network) -> None:
+    # A validator restarted after a crash silently drops packets of connections it no longer
+    # knows; the
+    # client gives up on such a connection after its answer timeout (not QUIC's 30 s idle
+    # timeout) and the next request dials afresh.
+    setup = network.federation.validator("validator-2")
+    member = network.committee.member(setup.validator_id)
+    request = ledger_pb2.LedgerRequest(asset_state=common_pb2.AssetId(id=bytes(31) + b"\x01"))
+
+    async def scenario() -> tuple[ExchangeFailed, ledger_pb2.LedgerResponse]:
+        async with ConnectionPool(network.owner_config()) as pool:
+            assert (await exchange(pool, member, request)).WhichOneof("body") == "asset_state"
+            # Killed: it cannot tell its peers their connections are gone.
+            running = network.running[setup.name]
+            running.process.send_signal(signal.SIGKILL)
+            assert await asyncio.to_thread(running.process.wait, 30) == -signal.SIGKILL
+            await asyncio.to_thread(network.start, setup)
+            await asyncio.to_thread(network.wait_ready, setup.name)
+            # Bounded well below the 30 s idle timeout the stale connection would otherwise
+            # wait for (a liveness bound, not a performance figure).
+            async with asyncio.timeout(15):
+                with pytest.raises(ExchangeFailed) as info:
+                    await exchange(pool, member, request, answer_timeout=1.0)
+            return info.value, await exchange(pool, member, request)
+
+    failure, answer = asyncio.run(scenario())
+    assert isinstance(failure, ValidatorUnreachable)
+    assert "no answer within 1 s; connection dropped" in str(failure)
+    assert answer.WhichOneof("body") == "asset_state"
 
 
 # -- stopping ----------------------------------------------------------------------------------

@@ -103,6 +103,11 @@ class Stream:
             self._connection._stream_over(self)
 
     @property
+    def connection(self) -> StoqConnection:
+        """The connection this stream belongs to."""
+        return self._connection
+
+    @property
     def unidirectional(self) -> bool:
         return bool(self.stream_id & 2)
 

@@ -31,7 +31,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType, TracebackType
 from typing import Final
 
@@ -48,8 +48,10 @@ from trustchain.consensus.votes import Ballot, VoteVerifier, change_digest
 from trustchain.errors import ChangeRefused, LedgerError, LedgerRefusal
 
 __all__ = [
+    "ANSWER_TIMEOUT",
     "DEFAULT_STRAGGLER_GRACE",
     "DEFAULT_TIMEOUT",
+    "NO_ANSWER_CODE",
     "ExchangeFailed",
     "InvalidAnswer",
     "LedgerClient",
@@ -68,6 +70,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT: Final = 30.0
 #: Seconds the apply round still waits for the other members once a quorum applied.
 DEFAULT_STRAGGLER_GRACE: Final = 2.0
+#: Seconds :func:`exchange` waits for one answer before it drops the connection.
+ANSWER_TIMEOUT: Final = 10.0
+#: The application error code a connection is closed with when its peer stopped answering.
+NO_ANSWER_CODE: Final = 0x4C01
 _ZERO_ID: Final = bytes(32)
 _HASH: Final = 32
 
@@ -155,7 +161,10 @@ class RecordOutcome:
     * ``evidence``: equivocations seen among the votes;
     * ``refusals``: validator id -> why it refused to vote (e.g. a ``CONFLICT``);
     * ``not_applied``: validator id -> why it did not report the certificate applied (its
-      refusal, no answer in time, an unusable answer).
+      refusal, no answer in time, an unusable answer);
+    * ``unreachable`` / ``invalid``: validator id -> why it gave no answer to the change, or an
+      unusable one (an undecodable answer, a vote that does not verify: a validator to watch),
+      among the answers that came before the certificate formed (later ones are not awaited).
     """
 
     certificate: ledger_pb2.StateCertificate
@@ -163,6 +172,8 @@ class RecordOutcome:
     evidence: tuple[ledger_pb2.Evidence, ...]
     refusals: Mapping[bytes, ChangeRefused] = field(default_factory=lambda: MappingProxyType({}))
     not_applied: Mapping[bytes, str] = field(default_factory=lambda: MappingProxyType({}))
+    unreachable: Mapping[bytes, str] = field(default_factory=lambda: MappingProxyType({}))
+    invalid: Mapping[bytes, str] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def change_refused(refusal: ledger_pb2.Refusal) -> ChangeRefused:
@@ -181,11 +192,20 @@ def change_refused(refusal: ledger_pb2.Refusal) -> ChangeRefused:
 
 
 async def exchange(
-    pool: ConnectionPool, member: Member, request: ledger_pb2.LedgerRequest
+    pool: ConnectionPool,
+    member: Member,
+    request: ledger_pb2.LedgerRequest,
+    *,
+    answer_timeout: float = ANSWER_TIMEOUT,
 ) -> ledger_pb2.LedgerResponse:
     """Ask ``member`` ``request`` on a new stream of ``pool``'s connection to it (see the
     module docs for the wire format). :class:`ValidatorUnreachable` for transport failures,
-    :class:`InvalidAnswer` for an answer that is not a ``LedgerResponse``."""
+    :class:`InvalidAnswer` for an answer that is not a ``LedgerResponse``.
+
+    No answer within ``answer_timeout`` seconds: the connection is closed (so the pool dials
+    afresh next time) and :class:`ValidatorUnreachable` raised. A peer that restarted drops
+    packets of connections it no longer knows (STOQ sends no stateless reset yet), so without
+    this a pooled connection to it would stay silent until QUIC's idle timeout."""
     vid = member.validator_id
     try:
         stream = await pool.open_stream(
@@ -195,7 +215,14 @@ async def exchange(
         raise ValidatorUnreachable(vid, f"{member.name}: {exc}") from exc
     try:
         await stream.send(request.SerializeToString(), end_stream=True)
-        data = await stream.receive()
+        async with asyncio.timeout(answer_timeout):
+            data = await stream.receive()
+    except TimeoutError as exc:  # before OSError, of which it is a subclass
+        stream.reset()
+        await stream.connection.close(NO_ANSWER_CODE, "no answer in time")
+        raise ValidatorUnreachable(
+            vid, f"{member.name}: no answer within {answer_timeout:g} s; connection dropped"
+        ) from exc
     except (StoqError, OSError) as exc:
         raise ValidatorUnreachable(vid, f"{member.name}: {exc}") from exc
     except BaseException:
@@ -282,7 +309,12 @@ class LedgerClient:
                 invalid={**dict(collector.invalid), **invalid},
                 evidence=evidence,
             )
-        return await self._apply(certificate, deadline, refusals, evidence)
+        outcome = await self._apply(certificate, deadline, refusals, evidence)
+        return replace(
+            outcome,
+            unreachable=MappingProxyType(unreachable),
+            invalid=MappingProxyType({**dict(collector.invalid), **invalid}),
+        )
 
     async def _collect_votes(
         self,
