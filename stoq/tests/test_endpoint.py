@@ -544,3 +544,37 @@ def test_streams_opened_back_to_back_are_distinct(
     run(_serving(pki.config(server_identity, engine=engine), body))
     assert results["distinct"] is True
     assert results["pair"] == [b"first", b"second"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_resetting_a_stream_the_engine_already_discarded(
+    pki: Pki, server_identity: NodeIdentity, client_identity: NodeIdentity, engine: str
+) -> None:
+    # A request/response stream whose both directions ended before this side gave up on it
+    # (e.g. a caller cancelled after the answer had arrived): the QUIC engine has already
+    # forgotten it, and abandoning it must neither raise nor disturb the connection.
+    results: dict[str, object] = {}
+
+    async def body(endpoint: Endpoint) -> None:
+        connection = await connect(
+            pki.config(client_identity, engine=engine),
+            "::1",
+            endpoint.port,
+            server_name=SERVER_NAME,
+        )
+        stream = await connection.open_stream()
+        await stream.send(b"request", end_stream=True)
+        results["answer"] = await stream.receive()
+        with pytest.raises(StreamClosed):
+            await stream.receive()  # the peer's FIN: both directions are over
+        await connection.ping()  # our FIN acknowledged by now
+        stream.reset()
+        with pytest.raises(StreamClosed):
+            await stream.receive()
+        again = await connection.open_stream()
+        await again.send(b"after", end_stream=True)
+        results["after"] = await again.receive()
+        await connection.close()
+
+    run(_serving(pki.config(server_identity, engine=engine), body))
+    assert results == {"answer": b"request", "after": b"after"}

@@ -477,10 +477,16 @@ class StoqConnection:
     def _reset_stream(self, stream: Stream, error_code: int) -> None:
         if self._terminated.done():
             return
-        if stream.can_send and not stream._finished_sending:
-            self._quic.reset_stream(stream.stream_id, error_code)
-        if stream.can_receive:
-            self._quic.stop_stream(stream.stream_id, error_code)
+        try:
+            if stream.can_send and not stream._finished_sending:
+                self._quic.reset_stream(stream.stream_id, error_code)
+            if stream.can_receive:
+                self._quic.stop_stream(stream.stream_id, error_code)
+        except ValueError:
+            # The engine already discarded the stream: both directions ended (the peer's FIN
+            # arrived, ours was acknowledged) before this side read the last message. There
+            # is nothing left to abandon on the wire.
+            log.debug("stream %d reset after the engine discarded it", stream.stream_id)
         stream._fail(StreamClosed(f"stream {stream.stream_id} was reset locally"))
         self._schedule_transmit()
 
