@@ -7,6 +7,7 @@ Each script owns one section of BENCHMARKS.md, delimited by ``<!-- NAME:begin --
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import re
@@ -14,7 +15,8 @@ import socket
 import sqlite3
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -76,3 +78,53 @@ def _installed(name: str) -> bool:
     except importlib.metadata.PackageNotFoundError:
         return False
     return True
+
+
+#: Milliseconds per second.
+MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """p50, p99 (nearest rank), smallest and largest of ``n`` samples, in milliseconds."""
+
+    p50: float
+    p99: float
+    n: int
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ordered = sorted(seconds)
+        rank = max(1, math.ceil(0.99 * len(ordered)))
+        return cls(
+            statistics.median(ordered) * MS,
+            ordered[rank - 1] * MS,
+            len(ordered),
+            ordered[0] * MS,
+            ordered[-1] * MS,
+        )
+
+
+def measure(
+    fn: Callable[[int], object], n: int, before: Callable[[], object] | None = None
+) -> Stats:
+    """Time ``fn(i)`` for ``i`` in ``0..n-1``; ``before`` runs untimed ahead of each call."""
+    samples = []
+    for i in range(n):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return Stats.of(samples)
+
+
+def ms(value: float) -> str:
+    """Milliseconds with three significant digits at least (sub-microsecond values too)."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"

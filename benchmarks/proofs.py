@@ -36,19 +36,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import math
 import os
 import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import chiapos
 import chiavdf
-from benchlib import machine, update_section
+from benchlib import Stats, machine, measure, ms, update_section
 
 from hypermesh_interfaces.v1 import common_pb2
 from trustchain.ca.validation import validate
@@ -67,7 +66,6 @@ from trustchain.crypto.signatures import Signature
 
 PACKAGES = ("chiapos", "chiavdf", "cryptography", "pqcrypto", "protobuf")
 AIM_MS = 20.0
-MS = 1000.0
 SEED = 20261124
 # What the benchmark's storage node states in its space proofs (it is never dialled).
 ADDRESS = common_pb2.NetworkAddress(
@@ -100,43 +98,6 @@ HASH_BATCH = 1000
 # --- measuring --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Stats:
-    """p50, p99 (nearest rank), smallest and largest of ``n`` samples, in milliseconds."""
-
-    p50: float
-    p99: float
-    n: int
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> Stats:
-        ordered = sorted(seconds)
-        rank = max(1, math.ceil(0.99 * len(ordered)))
-        return cls(
-            statistics.median(ordered) * MS,
-            ordered[rank - 1] * MS,
-            len(ordered),
-            ordered[0] * MS,
-            ordered[-1] * MS,
-        )
-
-
-def measure(
-    fn: Callable[[int], object], n: int, before: Callable[[], object] | None = None
-) -> Stats:
-    """Time ``fn(i)`` for ``i`` in ``0..n-1``; ``before`` runs untimed ahead of each call."""
-    samples = []
-    for i in range(n):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        fn(i)
-        samples.append(time.perf_counter() - start)
-    return Stats.of(samples)
-
-
 def measure_batched(fn: Callable[[], object], batches: int, batch: int) -> Stats:
     """Per-call time of ``fn`` from ``batches`` timed batches of ``batch`` calls each (for
     calls too short to time one by one)."""
@@ -161,15 +122,6 @@ def paired_rates(
             fn()
             into.append(count / (time.perf_counter() - start))
     return statistics.median(rates[0]), statistics.median(rates[1])
-
-
-def ms(value: float) -> str:
-    """Milliseconds with three significant digits at least (sub-microsecond values too)."""
-    if value >= 100:
-        return f"{value:,.0f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
 
 
 # --- one preset ---------------------------------------------------------------------------------

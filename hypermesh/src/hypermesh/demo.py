@@ -223,9 +223,12 @@ class ValidatorProcess:
 
 
 def validator_command(federation: LocalFederation, setup: ValidatorSetup) -> list[str]:
-    """The command line of ``setup``'s validator process."""
+    """The command line of ``setup``'s validator process. ``-P``: the working directory is
+    not put on ``sys.path``, so a file there named like a package (``stoq.py``) cannot shadow
+    it."""
     return [
         sys.executable,
+        "-P",
         "-m",
         "hypermesh.node.validator",
         "--home",
