@@ -89,6 +89,7 @@ from trustchain.consensus.proofs.bundle import (
 )
 from trustchain.consensus.proofs.challenges import ASSET_ID_SIZE, HASH_SIZE
 from trustchain.consensus.proofs.stake import StakeRegistryError
+from trustchain.grpc_status import Abort, abort_on_errors
 
 __all__ = [
     "LEDGER_ISSUE",
@@ -160,30 +161,18 @@ class StateRecorder(Protocol):
     ) -> tuple[common_pb2.ValidationResult, common_pb2.StateHash | None]: ...
 
 
-class _Abort(Exception):
-    """Raised inside a handler to end the call with a status (see :func:`_handle`)."""
-
-    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+def _refusal_status(error: errors.TrustChainError) -> tuple[grpc.StatusCode, str] | None:
+    if not isinstance(error, errors.ChangeRefused):
+        return None
+    code = REFUSAL_STATUS.get(error.reason, grpc.StatusCode.FAILED_PRECONDITION)
+    return code, f"{error.reason.name}: {error.detail}"
 
 
 @contextmanager
 def _handle(context: grpc.ServicerContext) -> Iterator[None]:
-    """Turn :class:`_Abort` and TrustChain errors into a gRPC status on ``context``."""
-    try:
+    """Turn :class:`Abort`, refusals and TrustChain errors into a gRPC status on ``context``."""
+    with abort_on_errors(context, STATUS_OF, special=_refusal_status):
         yield
-    except _Abort as abort:
-        context.abort(abort.code, abort.detail)
-    except errors.ChangeRefused as refused:
-        code = REFUSAL_STATUS.get(refused.reason, grpc.StatusCode.FAILED_PRECONDITION)
-        context.abort(code, f"{refused.reason.name}: {refused.detail}")
-    except errors.TrustChainError as error:
-        for kind, code in STATUS_OF:
-            if isinstance(error, kind):
-                context.abort(code, f"{type(error).__name__}: {error}")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
 
 def no_recorded_states(asset_id: bytes) -> PreviousState | None:
@@ -276,16 +265,16 @@ class ConsensusLayerServicer(consensus_pb2_grpc.ConsensusLayerServicer):
         method: str,
     ) -> ValidationResult:
         """The validation of ``holder.proofs`` (a ``ValidateFourProofs`` request, or a change
-        to record) for ``method``. Raises :class:`_Abort` for missing or oversized proofs or
+        to record) for ``method``. Raises :class:`Abort` for missing or oversized proofs or
         ones the validator refuses with a ``ValueError``; TrustChain errors of the context
         factory, the state lookup or the stake registry pass through (mapped by
         :data:`STATUS_OF`)."""
         if not holder.HasField("proofs"):
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} needs proofs")
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method} needs proofs")
         proofs = holder.proofs
         size = proofs.ByteSize()
         if size > MAX_BUNDLE_BYTES:
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"proofs of {size} bytes exceed the {MAX_BUNDLE_BYTES}-byte limit",
             )
@@ -302,7 +291,7 @@ class ConsensusLayerServicer(consensus_pb2_grpc.ConsensusLayerServicer):
         try:
             return validate_four_proofs(bundle, previous=previous, context=context)
         except ValueError as exc:
-            raise _Abort(
+            raise Abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"the proofs cannot be validated: {exc}"
             ) from exc
 
@@ -329,7 +318,7 @@ class ConsensusLayerServicer(consensus_pb2_grpc.ConsensusLayerServicer):
             )
         with _handle(context):
             if not request.HasField("change"):
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "RecordAssetState needs a change")
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "RecordAssetState needs a change")
             change = ledger_pb2.AssetStateChange()
             change.CopyFrom(request.change)
             result = self._validate(change, "RecordAssetState")

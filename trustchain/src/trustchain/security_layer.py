@@ -52,6 +52,7 @@ from trustchain.crypto.channel import SecureChannel
 from trustchain.crypto.handshake import Responder
 from trustchain.crypto.keystore import KeyInfo, KeyStore
 from trustchain.crypto.signatures import SigningKey
+from trustchain.grpc_status import Abort, abort_on_errors
 
 
 class ChannelLimitReached(errors.TrustChainError):
@@ -95,27 +96,11 @@ MAX_CHAIN_CERTIFICATES = 16
 MAX_CERTIFICATE_SIZE = 64 << 10
 
 
-class _Abort(Exception):
-    """Raised inside a handler to end the call with a status (see :func:`_handle`)."""
-
-    def __init__(self, code: grpc.StatusCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
 @contextmanager
 def _handle(context: grpc.ServicerContext) -> Iterator[None]:
-    """Turn TrustChain errors and :class:`_Abort` into a gRPC status on ``context``."""
-    try:
+    """Turn TrustChain errors and :class:`Abort` into a gRPC status on ``context``."""
+    with abort_on_errors(context, STATUS_OF):
         yield
-    except _Abort as abort:
-        context.abort(abort.code, abort.detail)
-    except errors.TrustChainError as error:
-        for kind, code in STATUS_OF:
-            if isinstance(error, kind):
-                context.abort(code, f"{type(error).__name__}: {error}")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
 
 
 @dataclass
@@ -138,14 +123,14 @@ def _timestamp(moment: datetime) -> Timestamp:
 
 def _require_size(name: str, value: bytes, size: int) -> None:
     if len(value) != size:
-        raise _Abort(
+        raise Abort(
             grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be {size} bytes, got {len(value)}"
         )
 
 
 def _require_at_most(name: str, value: bytes, limit: int) -> None:
     if len(value) > limit:
-        raise _Abort(
+        raise Abort(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"{name} of {len(value)} bytes exceeds the {limit}-byte limit",
         )
@@ -190,7 +175,7 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
             responder = Responder(self._identity, kem_algorithms=(CHANNEL_KEM,))
             reply = responder.receive(request.handshake)
             if reply is None:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "OpenChannel takes the first handshake message",
                 )
@@ -198,7 +183,7 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
             with self._lock:
                 self._expire_pending()
                 if len(self._pending) >= self._max_pending:
-                    raise _Abort(
+                    raise Abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"{self._max_pending} handshakes already pending; try again later",
                     )
@@ -218,9 +203,9 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
                 # a failed attempt cannot be retried against the same responder state.
                 pending = self._pending.pop(request.channel_id, None)
             if pending is None:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, "no pending handshake with that id")
+                raise Abort(grpc.StatusCode.NOT_FOUND, "no pending handshake with that id")
             if pending.responder.receive(request.handshake) is not None:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "CompleteChannel takes the final handshake message",
                 )
@@ -285,13 +270,13 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
     ) -> security_pb2.ValidateCertificatesResponse:
         with _handle(context):
             if self._trust_stores is None:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     "this server has no trust anchors configured",
                 )
             certificates = request.chain.certificates
             if not 1 <= len(certificates) <= MAX_CHAIN_CERTIFICATES:
-                raise _Abort(
+                raise Abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"a chain has 1 to {MAX_CHAIN_CERTIFICATES} certificates, "
                     f"got {len(certificates)}",
@@ -318,12 +303,12 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
                 security_pb2.EXISTING_KEYS_POLICY_ROTATE,
             )
             if policy not in known:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown if_exists policy {policy}")
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown if_exists policy {policy}")
             signing_name, kem_name = asset_key_names(asset)
             with self._keystore_lock:
                 if self._has_key(signing_name):
                     if policy == security_pb2.EXISTING_KEYS_POLICY_FAIL:
-                        raise _Abort(
+                        raise Abort(
                             grpc.StatusCode.ALREADY_EXISTS,
                             f"asset {asset.hex()} already has keys; ask to RETURN or ROTATE them",
                         )
@@ -394,7 +379,7 @@ class SecurityLayerServicer(security_pb2_grpc.SecurityLayerServicer):
         with self._lock:
             entry = self._channels.get(channel_id)
         if entry is None:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, "no open channel with that id")
+            raise Abort(grpc.StatusCode.NOT_FOUND, "no open channel with that id")
         return entry
 
     def _expire_pending(self) -> None:
