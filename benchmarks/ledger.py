@@ -65,7 +65,8 @@ from proofs import forget_discriminants, validate_checked
 _HERE = os.path.realpath(os.path.dirname(__file__))
 sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or ".") != _HERE]
 
-from hypermesh.demo import ValidatorProcess, stop_validators, validator_command  # noqa: E402
+from hypermesh import demo  # noqa: E402
+from hypermesh.demo import ValidatorProcess, stop_validators  # noqa: E402
 from hypermesh.node.ledger_client import (  # noqa: E402
     DEFAULT_STRAGGLER_GRACE,
     LedgerClient,
@@ -263,53 +264,13 @@ def rate_args(counts: Counts) -> tuple[float, int]:
 
 
 async def start_validators(federation: LocalFederation, *, batch: bool) -> list[ValidatorProcess]:
-    """One ``python -m hypermesh.node.validator`` process per validator (``--no-batch`` unless
-    ``batch``), each ready (it printed ``ready <its committee port>``); stops them all and
-    exits if one is not."""
-    extra = [] if batch else ["--no-batch"]
-    processes: list[ValidatorProcess] = []
-    try:
-        for setup in federation.validators:
-            log_path = setup.home / f"validator-{'batch' if batch else 'no-batch'}.log"
-            with log_path.open("wb") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *validator_command(federation, setup),
-                    *extra,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=log,
-                )
-            processes.append(ValidatorProcess(setup, process, log_path))
-        async with asyncio.timeout(READY_TIMEOUT):
-            for validator in processes:
-                await wait_ready(validator)
-    except BaseException:
-        await stop_validators(processes)
-        raise
-    for validator in processes:
-        validator.reader = asyncio.ensure_future(keep_reading(validator))
-    return processes
-
-
-async def wait_ready(validator: ValidatorProcess) -> None:
-    stdout = validator.process.stdout
-    assert stdout is not None
-    line = (await stdout.readline()).decode(errors="replace").strip()
-    if line != f"ready {validator.setup.port}":
-        code = await validator.process.wait() if not line else None
-        raise SystemExit(
-            f"validator {validator.setup.name} printed {line!r} (exit status {code}) instead "
-            f"of 'ready {validator.setup.port}'; its log ends:\n{validator.log_tail()}"
-        )
-    validator.port = validator.setup.port
-
-
-async def keep_reading(validator: ValidatorProcess) -> None:
-    """Read what the validator prints after ``ready`` so its pipe never fills."""
-    stdout = validator.process.stdout
-    assert stdout is not None
-    while line := await stdout.readline():
-        validator.output.append(line.decode(errors="replace").rstrip("\n"))
+    """One validator process per validator (``--no-batch`` unless ``batch``), each ready."""
+    return await demo.start_validators(
+        federation,
+        timeout=READY_TIMEOUT,
+        extra_args=() if batch else ("--no-batch",),
+        log_name=f"validator-{'batch' if batch else 'no-batch'}.log",
+    )
 
 
 async def stop_checked(processes: Sequence[ValidatorProcess]) -> None:

@@ -239,19 +239,25 @@ def validator_command(federation: LocalFederation, setup: ValidatorSetup) -> lis
 
 
 async def start_validators(
-    federation: LocalFederation, *, timeout: float = READY_TIMEOUT
+    federation: LocalFederation,
+    *,
+    timeout: float = READY_TIMEOUT,
+    extra_args: Sequence[str] = (),
+    log_name: str = "validator.log",
 ) -> list[ValidatorProcess]:
-    """Start one process per validator of ``federation`` and wait (at most ``timeout``
-    seconds in all) until each prints ``ready <port>`` with its committee port.
+    """Start one process per validator of ``federation`` (its command line plus
+    ``extra_args``, stderr to ``log_name`` in its home) and wait (at most ``timeout`` seconds
+    in all) until each prints ``ready <port>`` with its committee port.
     :class:`DemoError` naming the validator (with the end of its log) if one exits, prints
     something else or is not ready in time; every started process is stopped then."""
     processes: list[ValidatorProcess] = []
     try:
         for setup in federation.validators:
-            log_path = setup.home / "validator.log"
+            log_path = setup.home / log_name
             with log_path.open("wb") as log:
                 process = await asyncio.create_subprocess_exec(
                     *validator_command(federation, setup),
+                    *extra_args,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=log,
