@@ -1,4 +1,4 @@
-"""The ``stoq`` command: ``serve``, ``connect`` and ``bench``.
+"""The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server`` and ``nat-check``.
 
 ``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
 from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
@@ -12,6 +12,14 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   "family": 4|6, "peer": name, "peer_id": hex, "tls_group": ..., "seconds": t, "echo": text}``;
   on failure ``{"error": ..., "attempts": [[address, reason], ...]}`` and exit status 1.
 * ``stoq bench [--json]`` runs the throughput comparison of :mod:`stoq.benchmark`.
+* ``stoq stun-server --listen HOST:PORT [--listen ...] [--alternate HOST:PORT]`` runs a STUN
+  server (:mod:`stoq.nat.stun_server`; RFC 5780 with ``--alternate``, the address with the other
+  IP and port), prints one ``listening HOST:PORT`` line per socket, and runs until SIGINT or
+  SIGTERM (then exit status 0).
+* ``stoq nat-check --server HOST:PORT`` runs RFC 5780 NAT discovery (:mod:`stoq.nat.discovery`)
+  and prints ``nat type: T``, ``mapping: M``, ``filtering: F``, ``public address: A`` and
+  ``local address: L`` lines (or one JSON object with ``--json``); if the server does not
+  answer or cannot do RFC 5780, a ``stoq: ...`` message on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -33,6 +42,9 @@ from stoq.endpoint import Endpoint, connect
 from stoq.engine import available_engines
 from stoq.errors import ConnectError, StoqError, StreamClosed
 from stoq.identity import NodeIdentity, PeerPolicy, load_pem_chain
+from stoq.nat.discovery import discover
+from stoq.nat.stun_client import format_address, parse_address
+from stoq.nat.stun_server import DEFAULT_SOFTWARE, RateLimit, StunServer
 from trustchain.ca.trust import TrustAnchor, TrustStore
 from trustchain.cli_common import open_store
 from trustchain.errors import TrustChainError
@@ -199,6 +211,62 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- stun-server and nat-check ---------------------------------------------------------------
+
+
+def _address_argument(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+async def _stun_server(args: argparse.Namespace) -> int:
+    rate_limit = (
+        None
+        if args.rate_limit is None
+        else RateLimit(args.rate_limit, max(1.0, 2 * args.rate_limit))
+    )
+    server = await StunServer.start(
+        args.listen, alternate=args.alternate, software=args.software, rate_limit=rate_limit
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        for signum in signals:
+            loop.add_signal_handler(signum, stop.set)
+        for address in server.addresses:
+            print(f"listening {format_address(address)}", flush=True)
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await server.close()
+    return 0
+
+
+async def _nat_check(args: argparse.Namespace) -> int:
+    found = await discover(args.server, local=args.local, timeout=args.timeout, rto=args.rto)
+    if args.json:
+        _emit(
+            {
+                "nat_type": found.nat_type,
+                "mapping": str(found.mapping),
+                "filtering": str(found.filtering),
+                "public_address": list(found.public_address),
+                "local_address": list(found.local_address),
+            }
+        )
+        return 0
+    print(f"nat type: {found.nat_type}")
+    print(f"mapping: {found.mapping}")
+    print(f"filtering: {found.filtering}")
+    print(f"public address: {format_address(found.public_address)}")
+    print(f"local address: {format_address(found.local_address)}", flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stoq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +290,48 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="one JSON object per line")
     bench.add_argument("--mb", type=int, default=64, help="MiB per transfer")
     bench.add_argument("--repeats", type=int, default=5, help="runs per figure (median)")
+
+    stun = commands.add_parser("stun-server", help="run a STUN server (RFC 8489, RFC 5780)")
+    stun.add_argument(
+        "--listen",
+        required=True,
+        action="append",
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port to listen on ([IPv6]:PORT; port 0: any; repeatable)",
+    )
+    stun.add_argument(
+        "--alternate",
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="RFC 5780 alternate address: another IP and another port (one --listen only)",
+    )
+    stun.add_argument("--software", default=DEFAULT_SOFTWARE, help="SOFTWARE attribute text")
+    stun.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="N",
+        help="answer at most N requests per second per source IP (bursts of 2N)",
+    )
+
+    check = commands.add_parser("nat-check", help="find the NAT type with a RFC 5780 server")
+    check.add_argument(
+        "--server",
+        required=True,
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="the STUN server's primary address",
+    )
+    check.add_argument(
+        "--local", type=_address_argument, metavar="HOST:PORT", help="local address to probe from"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for each probe (default 3)"
+    )
+    check.add_argument(
+        "--rto", type=float, default=0.5, help="first retransmission timeout (default 0.5 s)"
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object")
     parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
     return parser
 
@@ -233,6 +343,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(args))
         if args.command == "connect":
             return asyncio.run(_connect(args))
+        if args.command == "stun-server":
+            return asyncio.run(_stun_server(args))
+        if args.command == "nat-check":
+            return asyncio.run(_nat_check(args))
         return _bench(args)
     except KeyboardInterrupt:
         return 130

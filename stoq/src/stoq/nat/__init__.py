@@ -1,7 +1,16 @@
 """NAT traversal for STOQ: STUN (RFC 8489, compatible with RFC 5389 and RFC 5769) and NAT
 behaviour discovery (RFC 5780).
 
-:mod:`stoq.nat.stun` is the sans-IO STUN message codec: message and attribute encoding and strict
-decoding, MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, the address and error
-attribute values, short- and long-term credential keys, and RFC 7983 demultiplexing.
+* :mod:`stoq.nat.stun` — the sans-IO STUN message codec: message and attribute encoding and
+  strict decoding, MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT, the address and
+  error attribute values, short- and long-term credential keys, and RFC 7983 demultiplexing.
+* :mod:`stoq.nat.stun_server` — the Binding server: a sans-IO core deciding each answer and an
+  asyncio UDP shell, with RFC 5780's alternate address and port (OTHER-ADDRESS,
+  RESPONSE-ORIGIN, CHANGE-REQUEST), optional short-term credentials and a per-source rate limit.
+* :mod:`stoq.nat.stun_client` — Binding transactions with RFC 8489 retransmissions (sans-IO
+  core plus a socket driver).
+* :mod:`stoq.nat.discovery` — RFC 5780 mapping and filtering behaviour discovery.
+
+Not here yet (issue 7 is open): TURN, hole punching, the shared STUN/QUIC socket, keepalives
+and rebinding, ``NetworkLayer.HandleNatTraversal``.
 """
