@@ -1,4 +1,5 @@
-"""The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server`` and ``nat-check``.
+"""The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server``, ``nat-check`` and
+``turn-server``.
 
 ``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
 from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
@@ -20,6 +21,12 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   and prints ``nat type: T``, ``mapping: M``, ``filtering: F``, ``public address: A`` and
   ``local address: L`` lines (or one JSON object with ``--json``); if the server does not
   answer or cannot do RFC 5780, a ``stoq: ...`` message on stderr and exit status 1.
+* ``stoq turn-server --listen HOST:PORT --realm REALM --user NAME:PASSWORD [--user ...]
+  [--relay-ip IP] [--allow-loopback-peers] [--allow-peer NETWORK]`` runs a TURN relay over UDP
+  (:mod:`stoq.nat.turn_server`; relayed addresses on ``--relay-ip``, by default the listen IPs),
+  prints one ``listening HOST:PORT`` line per socket, and runs until SIGINT or SIGTERM (then exit
+  status 0). Peers on loopback, private and other special-purpose addresses are refused unless
+  ``--allow-loopback-peers`` (loopback only) or ``--allow-peer`` (a network) opens them.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from stoq.identity import NodeIdentity, PeerPolicy, load_pem_chain
 from stoq.nat.discovery import discover
 from stoq.nat.stun_client import format_address, parse_address
 from stoq.nat.stun_server import DEFAULT_SOFTWARE, RateLimit, StunServer
+from stoq.nat.turn_server import MAX_LIFETIME, TurnServer
 from trustchain.ca.trust import TrustAnchor, TrustStore
 from trustchain.cli_common import open_store
 from trustchain.errors import TrustChainError
@@ -246,6 +254,40 @@ async def _stun_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_argument(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name or not password:
+        raise argparse.ArgumentTypeError(f"bad user {text!r}: expected NAME:PASSWORD")
+    return (name, password)
+
+
+async def _turn_server(args: argparse.Namespace) -> int:
+    server = await TurnServer.start(
+        args.listen,
+        realm=args.realm,
+        users=dict(args.user),
+        relay_ips=args.relay_ip,
+        allow_loopback_peers=args.allow_loopback_peers,
+        allowed_peers=args.allow_peer,
+        quota=args.quota,
+        max_lifetime=args.max_lifetime,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        for signum in signals:
+            loop.add_signal_handler(signum, stop.set)
+        for address in server.addresses:
+            print(f"listening {format_address(address)}", flush=True)
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await server.close()
+    return 0
+
+
 async def _nat_check(args: argparse.Namespace) -> int:
     found = await discover(args.server, local=args.local, timeout=args.timeout, rto=args.rto)
     if args.json:
@@ -332,6 +374,51 @@ def _parser() -> argparse.ArgumentParser:
         "--rto", type=float, default=0.5, help="first retransmission timeout (default 0.5 s)"
     )
     check.add_argument("--json", action="store_true", help="one JSON object")
+
+    turn = commands.add_parser("turn-server", help="run a TURN relay over UDP (RFC 8656)")
+    turn.add_argument(
+        "--listen",
+        required=True,
+        action="append",
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port to listen on ([IPv6]:PORT; port 0: any; repeatable)",
+    )
+    turn.add_argument("--realm", required=True, help="the long-term credential realm")
+    turn.add_argument(
+        "--user",
+        required=True,
+        action="append",
+        type=_user_argument,
+        metavar="NAME:PASSWORD",
+        help="a user allowed to allocate (repeatable)",
+    )
+    turn.add_argument(
+        "--relay-ip",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="IP to open relayed addresses on, one per IP version (default: the listen IPs)",
+    )
+    turn.add_argument(
+        "--allow-loopback-peers",
+        action="store_true",
+        help="let clients relay to loopback addresses (for tests; refused by default)",
+    )
+    turn.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="NETWORK",
+        help="a network peers may be in even if special-purpose, e.g. 10.0.0.0/8 (repeatable)",
+    )
+    turn.add_argument("--quota", type=int, default=10, help="allocations per user (default 10)")
+    turn.add_argument(
+        "--max-lifetime",
+        type=int,
+        default=MAX_LIFETIME,
+        help=f"longest allocation lifetime in seconds (default {MAX_LIFETIME})",
+    )
     parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
     return parser
 
@@ -347,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_stun_server(args))
         if args.command == "nat-check":
             return asyncio.run(_nat_check(args))
+        if args.command == "turn-server":
+            return asyncio.run(_turn_server(args))
         return _bench(args)
     except KeyboardInterrupt:
         return 130
