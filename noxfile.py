@@ -34,6 +34,8 @@ TEST_DEPS = [
     "mypy-protobuf==5.1.*",
     # A real QUIC/TLS peer for the certificate tests in shared/integration.
     "aioquic==1.7.*",
+    # An ICE agent we did not write, gathering candidates through our STUN/TURN servers.
+    "aioice>=0.13,<0.14",
 ]
 #: Debian packages the tests use as real peers (command -> package).
 DEBIAN_PEERS = {
@@ -42,6 +44,8 @@ DEBIAN_PEERS = {
     "ip": "iproute2",
     "iptables": "iptables",
     "ip6tables": "iptables",
+    # A TURN/STUN server we did not write, for our clients' interop tests.
+    "turnserver": "coturn",
 }
 LINT_DEPS = ["ruff==0.17.*"]
 TYPECHECK_DEPS = ["mypy==2.4.*", "types-protobuf", "grpc-stubs", "pytest>=8.3", "hypothesis"]
