@@ -107,7 +107,7 @@ def bench(session: nox.Session) -> None:
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
     session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH)
-    scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "ledger", "stoq"]
+    scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "ledger", "nat", "stoq"]
     for script in scripts:
         session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")
 
