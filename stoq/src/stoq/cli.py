@@ -21,11 +21,17 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   and prints ``nat type: T``, ``mapping: M``, ``filtering: F``, ``public address: A`` and
   ``local address: L`` lines (or one JSON object with ``--json``); if the server does not
   answer or cannot do RFC 5780, a ``stoq: ...`` message on stderr and exit status 1.
-* ``stoq turn-server --listen HOST:PORT --realm REALM --user NAME:PASSWORD [--user ...]
-  [--relay-ip IP] [--allow-loopback-peers] [--allow-peer NETWORK]`` runs a TURN relay over UDP
+* ``stoq turn-server --listen HOST:PORT [--listen-tcp HOST:PORT] [--listen-tls HOST:PORT --cert
+  FILE --key FILE] --realm REALM --user NAME:PASSWORD [--user ...] [--relay-ip IP]
+  [--allow-loopback-peers] [--allow-peer NETWORK]`` runs a TURN relay for clients over UDP
+  (``--listen``), TCP (``--listen-tcp``) and TLS (``--listen-tls``, with the PEM certificate
+  chain ``--cert`` and key ``--key``; at least one listener, all repeatable) — peers are always
+  reached over UDP
   (:mod:`stoq.nat.turn_server`; relayed addresses on ``--relay-ip``, by default the listen IPs),
-  prints one ``listening HOST:PORT`` line per socket, and runs until SIGINT or SIGTERM (then exit
-  status 0). Peers on loopback, private and other special-purpose addresses are refused unless
+  prints one ``listening HOST:PORT`` line per UDP socket and one ``listening tcp HOST:PORT``
+  line per TCP socket (``listening tls HOST:PORT`` per TLS socket), and runs until SIGINT or
+  SIGTERM (then exit status 0). Peers on loopback, private and other special-purpose addresses
+  are refused unless
   ``--allow-loopback-peers`` (loopback only) or ``--allow-peer`` (a network) opens them.
 """
 
@@ -36,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -262,8 +269,17 @@ def _user_argument(text: str) -> tuple[str, str]:
 
 
 async def _turn_server(args: argparse.Namespace) -> int:
+    tls_context: ssl.SSLContext | None = None
+    if args.listen_tls:
+        if args.cert is None or args.key is None:
+            raise ValueError("--listen-tls needs --cert and --key")
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.cert, args.key)
     server = await TurnServer.start(
         args.listen,
+        listen_tcp=args.listen_tcp,
+        listen_tls=args.listen_tls,
+        tls_context=tls_context,
         realm=args.realm,
         users=dict(args.user),
         relay_ips=args.relay_ip,
@@ -280,6 +296,10 @@ async def _turn_server(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         for address in server.addresses:
             print(f"listening {format_address(address)}", flush=True)
+        for address in server.tcp_addresses:
+            print(f"listening tcp {format_address(address)}", flush=True)
+        for address in server.tls_addresses:
+            print(f"listening tls {format_address(address)}", flush=True)
         await stop.wait()
     finally:
         for signum in signals:
@@ -375,15 +395,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="one JSON object")
 
-    turn = commands.add_parser("turn-server", help="run a TURN relay over UDP (RFC 8656)")
+    turn = commands.add_parser("turn-server", help="run a TURN relay over UDP and TCP (RFC 8656)")
     turn.add_argument(
         "--listen",
-        required=True,
         action="append",
+        default=[],
         type=_address_argument,
         metavar="HOST:PORT",
-        help="IP address and port to listen on ([IPv6]:PORT; port 0: any; repeatable)",
+        help="IP address and port to listen on for UDP ([IPv6]:PORT; port 0: any; repeatable)",
     )
+    turn.add_argument(
+        "--listen-tcp",
+        action="append",
+        default=[],
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port to listen on for TCP (repeatable)",
+    )
+    turn.add_argument(
+        "--listen-tls",
+        action="append",
+        default=[],
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port to listen on for TLS, e.g. 0.0.0.0:443 (repeatable)",
+    )
+    turn.add_argument("--cert", metavar="FILE", help="PEM certificate chain for --listen-tls")
+    turn.add_argument("--key", metavar="FILE", help="PEM private key for --listen-tls")
     turn.add_argument("--realm", required=True, help="the long-term credential realm")
     turn.add_argument(
         "--user",

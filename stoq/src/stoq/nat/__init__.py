@@ -10,12 +10,15 @@ behaviour discovery (RFC 5780).
 * :mod:`stoq.nat.stun_client` — Binding transactions with RFC 8489 retransmissions (sans-IO
   core plus a socket driver).
 * :mod:`stoq.nat.discovery` — RFC 5780 mapping and filtering behaviour discovery.
-* :mod:`stoq.nat.turn_server` — the TURN relay (RFC 8656) over UDP: long-term credentials with
+* :mod:`stoq.nat.turn_server` — the TURN relay (RFC 8656) over UDP, TCP and TLS (relaying to
+  peers over UDP): long-term credentials with
   stateless nonces, allocations (IPv4 and IPv6 relays), permissions, channels, quotas and
   lifetimes, and the peer address policy that refuses special-purpose addresses by default.
-* :mod:`stoq.nat.turn_client` — the TURN client (sans-IO core plus asyncio shell) over UDP.
-* :mod:`stoq.nat.channel_data` — TURN ChannelData framing, shared by both.
+* :mod:`stoq.nat.turn_client` — the TURN client (sans-IO core plus asyncio shell) over UDP,
+  TCP and TLS.
+* :mod:`stoq.nat.channel_data` — TURN ChannelData framing, shared by both;
+  :mod:`stoq.nat.framing` — splitting a TCP/TLS byte stream into STUN and ChannelData frames.
 
-Not here yet (issue 7 is open): TURN over TCP and TLS, hole punching, the shared STUN/QUIC
+Not here yet (issue 7 is open): RFC 6062 TCP allocations, hole punching, the shared STUN/QUIC
 socket, keepalives and rebinding, ``NetworkLayer.HandleNatTraversal``, the NAT matrix.
 """

@@ -1,4 +1,9 @@
-"""A TURN client (RFC 8656) over UDP: a sans-IO core and an asyncio shell.
+"""A TURN client (RFC 8656) over UDP or TCP: a sans-IO core and an asyncio shell.
+
+Over TCP (``transport="tcp"``; RFC 8656 §12.5, RFC 8489 §6.2.2) the messages to and from the
+server are cut from the stream by :class:`stoq.nat.framing.StreamFramer`; every request is sent
+once (no retransmissions) and fails after :data:`DEFAULT_TCP_TIMEOUT` (39.5 s, configurable);
+ChannelData is padded to 4 bytes; and the allocation lives only as long as the connection.
 
 :class:`TurnClientCore` is the whole protocol logic of one allocation with no I/O: the caller
 feeds it the datagrams that come from the TURN server (:meth:`TurnClientCore.handle_datagram`)
@@ -64,6 +69,7 @@ import collections
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
@@ -77,6 +83,7 @@ from stoq.nat.channel_data import (
     encode_channel_data,
     is_channel_data,
 )
+from stoq.nat.framing import FramingError, StreamFramer
 from stoq.nat.stun import AttributeType, MessageClass, Method, StunError
 from stoq.nat.stun_client import (
     DEFAULT_RETRANSMISSIONS,
@@ -98,6 +105,7 @@ __all__ = [
     "CHANNEL_MIN",
     "CHANNEL_REFRESH_AFTER",
     "DEFAULT_LIFETIME",
+    "DEFAULT_TCP_TIMEOUT",
     "MAX_STALE_NONCE_RETRIES",
     "PERMISSION_REFRESH_AFTER",
     "SECURITY_FEATURE_COOKIE",
@@ -114,6 +122,7 @@ __all__ = [
     "StunResponseError",
     "StunTimeout",
     "TransactionFailed",
+    "Transport",
     "TurnClient",
     "TurnClientCore",
     "TurnError",
@@ -136,6 +145,10 @@ CHANNEL_REFRESH_AFTER = 540.0
 MAX_STALE_NONCE_RETRIES = 3
 SECURITY_FEATURE_COOKIE = "obMatJos2"
 """The NONCE prefix by which an RFC 8489 server announces its security features (§9.2)."""
+
+DEFAULT_TCP_TIMEOUT = 39.5
+"""Seconds a request over TCP waits for its answer (RFC 8489 §6.2.2: no retransmissions, and
+the transaction fails after Ti = 39.5 s)."""
 
 _UDP = 17
 _RECEIVE_SIZE = 65535
@@ -171,6 +184,14 @@ class AddressFamily(IntEnum):
 
     IPV4 = 0x01
     IPV6 = 0x02
+
+
+class Transport(Enum):
+    """How the client reaches the TURN server (peers are always reached over UDP)."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
 
 
 class State(Enum):
@@ -341,7 +362,11 @@ class TurnClientCore:
     credentials; ``family`` the relayed address family asked for; ``lifetime`` the seconds
     asked for in Allocate and in automatic refreshes. ``rto``, ``retransmissions``, ``rm`` and
     ``timeout`` set the retransmission schedule of every request, as in
-    :class:`~stoq.nat.stun_client.BindingTransaction`.
+    :class:`~stoq.nat.stun_client.BindingTransaction`. With ``transport`` TCP the messages
+    handed in and out are whole stream frames: every request is sent once, never retransmitted
+    (RFC 8489 §6.2.2), and fails after ``timeout`` seconds (default
+    :data:`DEFAULT_TCP_TIMEOUT`); ``rto``, ``retransmissions`` and ``rm`` are not used, and
+    ChannelData is padded to a multiple of 4 bytes (RFC 8656 §12.5).
     """
 
     def __init__(
@@ -357,6 +382,7 @@ class TurnClientCore:
         retransmissions: int = DEFAULT_RETRANSMISSIONS,
         rm: int = DEFAULT_RM,
         timeout: float | None = None,
+        transport: Transport | str = Transport.UDP,
     ) -> None:
         if not 0 < lifetime <= 0xFFFFFFFF:
             raise ValueError(f"lifetime must be 1 to 2**32-1 seconds, not {lifetime}")
@@ -366,12 +392,17 @@ class TurnClientCore:
         self.family = AddressFamily(family)
         self.requested_lifetime = lifetime
         self.software = software
+        self.transport = Transport(transport)
         self._timing: dict[str, Any] = {
             "rto": rto,
             "retransmissions": retransmissions,
             "rm": rm,
             "timeout": timeout,
         }
+        if self.transport != Transport.UDP:
+            wait = DEFAULT_TCP_TIMEOUT if timeout is None else timeout
+            # One send and one wait of ``wait`` seconds: the schedule's last wait is rm * rto.
+            self._timing = {"rto": wait, "retransmissions": 1, "rm": 1, "timeout": wait}
         # Fail now, not at the first request, on a bad schedule.
         BindingTransaction(self.server, **self._timing)
         self.state = State.NEW
@@ -554,7 +585,7 @@ class TurnClientCore:
         peer = (self._peer_ip(peer[0]), peer[1])
         channel = self.channels.get(peer)
         if channel is not None:
-            return encode_channel_data(channel, data)
+            return encode_channel_data(channel, data, pad=self.transport != Transport.UDP)
         if peer[0] not in self.permissions:
             raise TurnStateError(
                 f"no permission for {peer[0]}: call create_permission() (or channel_bind()) first"
@@ -935,6 +966,42 @@ class _Protocol(asyncio.DatagramProtocol):
         log.debug("TURN client socket error: %s", exc)
 
 
+class _StreamProtocol(asyncio.Protocol):
+    """The TCP connection to the server: frames the stream and hands each message to the
+    client; garbage from the server or the connection's end loses the allocation."""
+
+    def __init__(self, client: TurnClient) -> None:
+        self.client = client
+        self._framer = StreamFramer()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._framer.feed(data)
+        except FramingError as exc:
+            self.client._connection_lost(
+                StunResponseError(f"the TURN server sent a malformed stream: {exc.reason}")
+            )
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        for frame in frames:
+            self.client._received(frame, self.client.core.server)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        detail = f": {exc}" if exc is not None else ""
+        self.client._connection_lost(
+            TurnStateError(
+                f"the {self.client.core.transport.name} connection to the TURN server "
+                f"closed{detail}"
+            )
+        )
+
+
 class TurnClient:
     """A TURN allocation over UDP driven by asyncio. Get one with :meth:`allocate`; use it as
     an async context manager or call :meth:`close`."""
@@ -943,6 +1010,7 @@ class TurnClient:
         self.core = core
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.DatagramTransport | None = None
+        self._stream: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
         self._waiters: dict[bytes, asyncio.Future[Event]] = {}
         self._inbox: asyncio.Queue[tuple[Address, bytes] | None] = asyncio.Queue()
@@ -964,9 +1032,18 @@ class TurnClient:
         retransmissions: int = DEFAULT_RETRANSMISSIONS,
         rm: int = DEFAULT_RM,
         timeout: float | None = None,
+        transport: Transport | str = Transport.UDP,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> TurnClient:
         """Allocate a relayed address on ``server`` (``(host, port)``; a name is resolved) with
-        the long-term credentials, from a UDP socket bound to ``local`` (default: any).
+        the long-term credentials, from a UDP socket bound to ``local`` (default: any) — or,
+        with ``transport="tcp"``, over a TCP connection from ``local``: then each request is
+        sent once and waits ``timeout`` seconds (default :data:`DEFAULT_TCP_TIMEOUT`), and the
+        allocation lives as long as the connection (the server deletes it when it closes).
+        ``transport="tls"`` is the same over TLS: ``ssl_context`` (default: the system's
+        verifying context) checks the server's certificate for ``server_hostname`` (default:
+        the host of ``server``).
 
         Raises :class:`TurnError` (e.g. 401 for wrong credentials, 486 quota),
         :class:`~stoq.nat.stun_client.StunTimeout`,
@@ -985,23 +1062,60 @@ class TurnClient:
             retransmissions=retransmissions,
             rm=rm,
             timeout=timeout,
+            transport=transport,
         )
         client = cls(core)
+        if core.transport != Transport.UDP:
+            context: ssl.SSLContext | None = None
+            if core.transport == Transport.TLS:
+                context = ssl_context or ssl.create_default_context()
+                server_hostname = server_hostname or server[0]
+            await client._connect(local, context, server_hostname)
+            return client
         try:
             sock = open_client_socket(address, local)
         except OSError as exc:
             raise StunError(f"cannot open a UDP socket for TURN: {exc}") from exc
         client._sock = sock
         try:
-            transport, _ = await client._loop.create_datagram_endpoint(
+            datagrams, _ = await client._loop.create_datagram_endpoint(
                 lambda: _Protocol(client), sock=sock
             )
-            client._transport = transport
+            client._transport = datagrams
             await client._transaction(core.allocate(client._loop.time()))
         except BaseException:
             client._shutdown()
             raise
         return client
+
+    async def _connect(
+        self,
+        local: tuple[str, int] | None,
+        context: ssl.SSLContext | None,
+        server_hostname: str | None,
+    ) -> None:
+        host, port = self.core.server
+        kind = self.core.transport.name
+        try:
+            stream, _ = await self._loop.create_connection(
+                lambda: _StreamProtocol(self),
+                host,
+                port,
+                local_addr=local,
+                ssl=context,
+                server_hostname=server_hostname if context is not None else None,
+            )
+        except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
+            raise StunError(
+                f"cannot connect over {kind} to TURN server {self._server}: {exc}"
+            ) from exc
+        assert isinstance(stream, asyncio.Transport)
+        self._stream = stream
+        try:
+            await self._transaction(self.core.allocate(self._loop.time()))
+        except BaseException:
+            self._shutdown()
+            raise
 
     # --- properties ---
 
@@ -1018,7 +1132,9 @@ class TurnClient:
 
     @property
     def local_address(self) -> Address:
-        """The local UDP socket's address."""
+        """The local socket's address (UDP, or the TCP connection's)."""
+        if self._stream is not None:
+            return normalize_address(self._stream.get_extra_info("sockname"))
         assert self._sock is not None
         return normalize_address(self._sock.getsockname())
 
@@ -1088,7 +1204,7 @@ class TurnClient:
     def _check_alive(self) -> None:
         if self._lost is not None:
             raise self._lost
-        if self._transport is None:
+        if self._transport is None and self._stream is None:
             raise TurnStateError("the TURN client is closed")
 
     async def _transaction(self, tid: bytes) -> Event:
@@ -1114,6 +1230,10 @@ class TurnClient:
         self._pump()
 
     def _send_datagrams(self, datagrams: list[bytes]) -> None:
+        if self._stream is not None:
+            for message in datagrams:
+                self._stream.write(message)
+            return
         if self._transport is None or self._sock is None:
             return
         destination = socket_address(self._sock, self.core.server)
@@ -1129,7 +1249,7 @@ class TurnClient:
             self._timer.cancel()
             self._timer = None
         when = self.core.get_timer()
-        if when is not None and self._transport is not None:
+        if when is not None and (self._transport is not None or self._stream is not None):
             self._timer = self._loop.call_at(when, self._on_timer)
 
     def _dispatch(self, event: Event) -> None:
@@ -1154,10 +1274,25 @@ class TurnClient:
         if isinstance(event, Deallocated):
             self._inbox.put_nowait(None)
 
+    def _connection_lost(self, error: StunError) -> None:
+        """The TCP connection ended (or carried garbage): the allocation is gone with it."""
+        if self._stream is None:
+            return  # closed by us
+        if self._lost is None:
+            self._lost = error
+        self._stream = None
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(error)
+        self._shutdown()
+
     def _shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -1,4 +1,5 @@
-"""A TURN relay server (RFC 8656) over UDP, with long-term credentials (RFC 8489 §9.2).
+"""A TURN relay server (RFC 8656) for clients over UDP and TCP, with long-term credentials
+(RFC 8489 §9.2). Relayed transport to peers is always UDP.
 
 :class:`TurnServerCore` decides, with no I/O, what one datagram causes: it takes the bytes, the
 address they came from and the local address they arrived on (a listening socket, or a relayed
@@ -71,6 +72,13 @@ and UDP):
   bound to that peer (IP and port), else a Data indication (XOR-PEER-ADDRESS, DATA,
   FINGERPRINT). Anything else is dropped.
 
+Over TCP (RFC 8656 §12.5, RFC 8489 §6.2.2) each accepted connection is a 5-tuple of its own:
+the shell cuts the stream into messages with :class:`stoq.nat.framing.StreamFramer` (STUN by
+its length field, ChannelData by its length padded to 4), hands each to the core under the key
+``(client, stream_local("tcp", listening address))``, and writes the core's answers back to
+that connection. Bytes that are neither STUN nor ChannelData close the connection; the closing
+of a connection deletes the allocation made on it (:meth:`TurnServerCore.drop`).
+
 Allocations, permissions, channels and nonces all expire on the injected clock: every call
 with ``now`` first removes what has expired (and :meth:`TurnServerCore.expire` does only that).
 """
@@ -85,6 +93,7 @@ import ipaddress
 import logging
 import secrets
 import socket
+import ssl
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +106,7 @@ from stoq.nat.channel_data import (
     decode_channel_data,
     encode_channel_data,
 )
+from stoq.nat.framing import FramingError, StreamFramer
 from stoq.nat.stun import Attribute, AttributeType, MessageClass, Method, StunError
 from stoq.nat.stun_client import Address, format_address, normalize_address
 from stoq.udp import open_socket
@@ -104,6 +114,7 @@ from stoq.udp import open_socket
 __all__ = [
     "CHANNEL_LIFETIME",
     "DEFAULT_LIFETIME",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_SOFTWARE",
     "MAX_LIFETIME",
     "PERMISSION_LIFETIME",
@@ -116,6 +127,7 @@ __all__ = [
     "encode_channel_data",
     "peer_allowed",
     "peer_refusal",
+    "stream_local",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,7 +151,15 @@ _NONCE_MAC_BYTES = 16
 _MAX_REASON = 127
 
 FiveTuple = tuple[Address, Address]
-"""(client address, server listening address); the transport is UDP."""
+"""(client address, server listening address). Over UDP the listening address is the socket's
+``(ip, port)``; over a stream it is :func:`stream_local` of it, so that a UDP and a TCP 5-tuple
+never share a key even with equal addresses."""
+
+
+def stream_local(transport: str, local: Address) -> Address:
+    """The core's local key for a stream (``transport`` "tcp" or "tls") accepted on ``local``:
+    ``(transport + ":" + ip, port)``. It cannot equal a UDP listening or relayed address."""
+    return (f"{transport}:{local[0]}", local[1])
 
 
 class TurnServerError(StunError):
@@ -406,6 +426,15 @@ class TurnServerCore:
                 if channel.expires <= now:
                     del allocation.channels[number]
                     allocation.peer_channels.pop(channel.peer, None)
+
+    def drop(self, client: Address, local: Address) -> bool:
+        """Delete the allocation on the 5-tuple ``(client, local)``, closing its relay — what
+        happens when a client's TCP or TLS connection closes (RFC 8656 §7). Whether there was
+        one."""
+        if (client, local) not in self._allocations:
+            return False
+        self._delete((client, local))
+        return True
 
     def close(self) -> None:
         """Delete every allocation, closing the relays."""
@@ -840,6 +869,8 @@ class TurnServerCore:
 _READS_PER_WAKEUP = 64
 _MAX_DATAGRAM = 65535
 _EXPIRY_TICK = 1.0
+_MAX_STREAM_BUFFER = 1 << 20
+DEFAULT_MAX_CONNECTIONS = 1000
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -852,6 +883,62 @@ class _Listener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("TURN socket %s: %s", format_address(self._local), exc)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One client's TCP (or TLS) connection: a 5-tuple of its own. Frames the stream with a
+    :class:`StreamFramer`, hands each message to the core under the key
+    ``(client, stream_local(kind, local))``, and closes the connection on garbage. Its closing
+    deletes the allocation on it."""
+
+    def __init__(self, server: TurnServer, kind: str) -> None:
+        self._server = server
+        self._kind = kind
+        self._framer = StreamFramer()
+        self._transport: asyncio.Transport | None = None
+        self.key: FiveTuple | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        try:
+            client = normalize_address(transport.get_extra_info("peername"))
+            local = normalize_address(transport.get_extra_info("sockname"))
+        except (TypeError, ValueError, IndexError) as exc:
+            log.debug("TURN %s connection without addresses: %s", self._kind, exc)
+            transport.abort()
+            return
+        if len(self._server._streams) >= self._server.max_connections:
+            log.warning("TURN %s: refused %s, too many connections", self._kind, client)
+            self._server.refused_connections += 1
+            transport.abort()
+            return
+        self.key = (client, stream_local(self._kind, local))
+        self._server._streams[self.key] = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.key is None or self._transport is None:
+            return
+        try:
+            frames = self._framer.feed(data)
+        except FramingError as exc:
+            log.debug("TURN %s from %s: %s", self._kind, format_address(self.key[0]), exc)
+            self._server.framing_errors += 1
+            self._transport.abort()
+            return
+        for frame in frames:
+            self._server._received(frame, self.key[0], self.key[1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.key is None:
+            return
+        self._server._streams.pop(self.key, None)
+        try:
+            self._server.core.drop(*self.key)
+        except Exception:  # a bug: logged and counted, the server goes on
+            self._server.internal_errors += 1
+            log.exception("TURN server: dropping the allocation of a closed connection failed")
+        self.key = None
 
 
 class _SocketRelays:
@@ -889,13 +976,21 @@ class _SocketRelays:
 
 
 class TurnServer:
-    """The asyncio UDP shell around a :class:`TurnServerCore`. Open with :meth:`start`."""
+    """The asyncio UDP and TCP shell around a :class:`TurnServerCore`. Open with
+    :meth:`start`."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
         #: Datagrams whose handling raised (a bug: logged, counted, and the server goes on).
         self.internal_errors = 0
+        #: Stream connections closed for bytes that are neither STUN nor ChannelData.
+        self.framing_errors = 0
+        #: Stream connections refused because ``max_connections`` were open.
+        self.refused_connections = 0
+        self.max_connections = DEFAULT_MAX_CONNECTIONS
         self._transports: dict[Address, asyncio.DatagramTransport] = {}
+        self._stream_servers: list[tuple[str, asyncio.Server]] = []
+        self._streams: dict[FiveTuple, asyncio.Transport] = {}
         self._families: dict[Address, int] = {}
         self._relays: _SocketRelays
         self.core: TurnServerCore
@@ -905,8 +1000,11 @@ class TurnServer:
     @classmethod
     async def start(
         cls,
-        listen: Sequence[tuple[str, int]],
+        listen: Sequence[tuple[str, int]] = (),
         *,
+        listen_tcp: Sequence[tuple[str, int]] = (),
+        listen_tls: Sequence[tuple[str, int]] = (),
+        tls_context: ssl.SSLContext | None = None,
         realm: str,
         users: Mapping[str, str],
         relay_ips: Sequence[str] = (),
@@ -916,21 +1014,32 @@ class TurnServer:
         max_lifetime: int = MAX_LIFETIME,
         nonce_lifetime: float = DEFAULT_NONCE_LIFETIME,
         software: str | None = DEFAULT_SOFTWARE,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> TurnServer:
-        """Listen on every ``(ip, port)`` of ``listen`` (port 0: any) and relay from
+        """Listen for UDP on every ``(ip, port)`` of ``listen``, for TCP on every one of
+        ``listen_tcp``, and for TLS over TCP (with the server-side ``tls_context``, required
+        then) on every one of ``listen_tls`` (port 0: any); relay (always over UDP) from
         ``relay_ips`` (at most one per IP version; by default the specific, non-wildcard listen
-        IPs). :class:`TurnServerError` if there is no relay IP or a socket will not bind."""
+        IPs). At most ``max_connections`` TCP and TLS connections are open at once (more are
+        closed at once).
+        :class:`TurnServerError` if there is no relay IP or a socket will not bind."""
         try:
             wanted = [normalize_address(address) for address in listen]
+            wanted_tcp = [normalize_address(address) for address in listen_tcp]
+            wanted_tls = [normalize_address(address) for address in listen_tls]
             relays = [ipaddress.ip_address(ip) for ip in relay_ips]
         except (ValueError, TypeError) as exc:
             raise TurnServerError(f"addresses must be IP addresses: {exc}") from exc
-        if not wanted:
+        if not wanted and not wanted_tcp and not wanted_tls:
             raise TurnServerError("nothing to listen on")
+        if wanted_tls and tls_context is None:
+            raise TurnServerError("listening for TLS needs a tls_context (certificate and key)")
+        if max_connections < 1:
+            raise TurnServerError("max_connections must be at least 1")
         if not relays:
             relays = [
                 ipaddress.ip_address(host)
-                for host, _ in wanted
+                for host, _ in (*wanted, *wanted_tcp, *wanted_tls)
                 if not ipaddress.ip_address(host).is_unspecified
             ]
         by_family: dict[int, str] = {}
@@ -941,6 +1050,7 @@ class TurnServer:
         if not by_family:
             raise TurnServerError("no relay IP: give one (the listen addresses are wildcards)")
         server = cls()
+        server.max_connections = max_connections
         server._relays = _SocketRelays(server, by_family)
         server.core = TurnServerCore(
             server._relays,
@@ -968,16 +1078,60 @@ class TurnServer:
                 )
                 server._transports[local] = transport
                 server._families[local] = sock.family
+            for host, port in wanted_tcp:
+                await server._listen_stream("tcp", host, port)
+            for host, port in wanted_tls:
+                await server._listen_stream("tls", host, port, tls_context)
         except BaseException:
             await server.close()
             raise
         server._timer = server._loop.call_later(_EXPIRY_TICK, server._tick)
         return server
 
+    async def _listen_stream(
+        self, kind: str, host: str, port: int, context: ssl.SSLContext | None = None
+    ) -> None:
+        try:
+            listener = await self._loop.create_server(
+                lambda: _StreamConnection(self, kind),
+                host,
+                port,
+                reuse_address=True,
+                ssl=context,
+            )
+        except OSError as exc:
+            raise TurnServerError(
+                f"cannot listen ({kind}) on {format_address((host, port))}: {exc}"
+            ) from exc
+        self._stream_servers.append((kind, listener))
+
     @property
     def addresses(self) -> tuple[Address, ...]:
-        """The bound listening addresses, in order."""
+        """The bound UDP listening addresses, in order."""
         return tuple(self._transports)
+
+    @property
+    def tcp_addresses(self) -> tuple[Address, ...]:
+        """The bound TCP listening addresses, in order."""
+        return self._stream_addresses("tcp")
+
+    @property
+    def tls_addresses(self) -> tuple[Address, ...]:
+        """The bound TLS listening addresses, in order."""
+        return self._stream_addresses("tls")
+
+    def _stream_addresses(self, kind: str) -> tuple[Address, ...]:
+        return tuple(
+            normalize_address(sock.getsockname())
+            for k, listener in self._stream_servers
+            if k == kind
+            for sock in listener.sockets
+        )
+
+    @property
+    def connections(self) -> int:
+        """How many stream (TCP and TLS) connections are open."""
+        return len(self._streams)
 
     def _tick(self) -> None:
         try:
@@ -1013,6 +1167,15 @@ class TurnServer:
             sock = self._relays.sockets.get(relay)
 
     def _send(self, transmit: Transmit) -> None:
+        stream = self._streams.get((transmit.destination, transmit.via))
+        if stream is not None:
+            # Over a stream nothing is lost silently by the network: a client that does not
+            # read gets what it has not read dropped here instead, as UDP would.
+            if stream.get_write_buffer_size() > _MAX_STREAM_BUFFER:
+                self.core.counts["dropped (stream buffer full)"] += 1
+                return
+            stream.write(transmit.data)
+            return
         host, port = transmit.destination
         transport = self._transports.get(transmit.via)
         if transport is not None:
@@ -1038,6 +1201,12 @@ class TurnServer:
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
+        for _, listener in self._stream_servers:
+            listener.close()
+        self._stream_servers.clear()
+        for stream in list(self._streams.values()):
+            stream.abort()
+        self._streams.clear()
         self._closed.set()
         await asyncio.sleep(0)
 
