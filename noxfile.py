@@ -106,6 +106,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each side by side with a peer in the same run.
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
+    install_debian_peers(session)  # coturn, the peer of benchmarks/nat.py
     session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH)
     scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "ledger", "nat", "stoq"]
     for script in scripts:
