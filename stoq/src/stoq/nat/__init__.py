@@ -19,6 +19,10 @@ behaviour discovery (RFC 5780).
 * :mod:`stoq.nat.channel_data` — TURN ChannelData framing, shared by both;
   :mod:`stoq.nat.framing` — splitting a TCP/TLS byte stream into STUN and ChannelData frames.
 
-Not here yet (issue 7 is open): RFC 6062 TCP allocations, hole punching, the shared STUN/QUIC
-socket, keepalives and rebinding, ``NetworkLayer.HandleNatTraversal``, the NAT matrix.
+* :mod:`stoq.nat.punch` — ICE-style hole punching (RFC 8445 priorities, paced and signed
+  connectivity checks, peer-reflexive learning, regular nomination) over one UDP socket.
+
+Not here yet (issue 7 is open): RFC 6062 TCP allocations, birthday probing for symmetric NATs,
+candidate exchange over STOQ, QUIC on the punched socket, keepalives and rebinding,
+``NetworkLayer.HandleNatTraversal``.
 """
