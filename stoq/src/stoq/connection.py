@@ -54,7 +54,7 @@ from trustchain.crypto.channel import RECORD_OVERHEAD, SecureChannel
 from trustchain.errors import CryptoError
 
 if TYPE_CHECKING:
-    from stoq.udp import Address, BatchSocket
+    from stoq.udp import Address, DatagramSender
 
 __all__ = ["CONTROL_STREAM", "DATAGRAM_AD", "StoqConnection", "Stream"]
 
@@ -231,7 +231,7 @@ class StoqConnection:
         engine: eng.Engine,
         quic: eng.QuicConnectionLike,
         secrets_log: Any,
-        socket: BatchSocket,
+        socket: DatagramSender,
         remote: Address,
         is_client: bool,
         server_name: str | None = None,

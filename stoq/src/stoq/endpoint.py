@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from stoq import engine as eng
 from stoq.config import PATH_MTU, StoqConfig
@@ -26,9 +26,16 @@ from stoq.connection import StoqConnection
 from stoq.errors import ConnectError, ConnectionLost, PeerRejected
 from stoq.happy_eyeballs import ResolvedAddress, race
 from stoq.session import ERROR_PEER_REJECTED
-from stoq.udp import Address, Batch, BatchSocket, open_socket
+from stoq.udp import Address, Batch, BatchSocket, DatagramSender, open_socket
 
-__all__ = ["Endpoint", "connect", "destination_connection_id"]
+__all__ = [
+    "Endpoint",
+    "PeerServer",
+    "client_connection",
+    "connect",
+    "connect_socket",
+    "destination_connection_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -284,18 +291,25 @@ class Endpoint:
 
 
 class _ClientEndpoint:
-    """One client connection with its own connected UDP socket."""
+    """One client connection with its own connected UDP socket (made here, or given)."""
 
-    def __init__(self, config: StoqConfig, address: ResolvedAddress, server_name: str | None):
+    def __init__(
+        self,
+        config: StoqConfig,
+        address: ResolvedAddress,
+        server_name: str | None,
+        sock: socket.socket | None = None,
+    ):
         self.config = config
         self.address = address
         self.server_name = server_name
         self.connection: StoqConnection | None = None
         self._socket: BatchSocket | None = None
+        self._given = sock
 
     async def run(self) -> StoqConnection:
         engine = eng.get_engine(self.config.engine)
-        sock = socket.socket(self.address.family, socket.SOCK_DGRAM)
+        sock = self._given or socket.socket(self.address.family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.connect(self.address.sockaddr)
@@ -392,6 +406,127 @@ async def connect(
             raise rejected from rejected.__cause__
         raise
     return connection
+
+
+async def connect_socket(
+    config: StoqConfig,
+    sock: socket.socket,
+    remote: tuple[str, int],
+    *,
+    server_name: str | None = None,
+) -> StoqConnection:
+    """Connect from an existing UDP socket (bound or not; it is connected to ``remote`` here
+    and closed with the connection) to the IP address ``remote`` and authenticate the peer.
+
+    For callers that must make the socket themselves, e.g. in another network namespace or
+    bound to a chosen port. Raises what :func:`connect` raises for one attempt.
+    """
+    host, port = remote
+    if not _is_address(host):
+        raise ValueError(f"{host!r} is not an IP address")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if sock.family != family or sock.type != socket.SOCK_DGRAM:
+        raise ValueError("the socket must be a UDP socket of the remote address's family")
+    address = ResolvedAddress(family, host, port)
+    try:
+        async with asyncio.timeout(config.connect_timeout):
+            return await _ClientEndpoint(config, address, server_name, sock).run()
+    except TimeoutError:
+        raise ConnectionLost(0, f"no answer within {config.connect_timeout} s") from None
+
+
+def client_connection(
+    config: StoqConfig,
+    sender: DatagramSender,
+    remote: Address,
+    *,
+    server_name: str | None = None,
+    on_closed: Callable[[StoqConnection], None] | None = None,
+) -> StoqConnection:
+    """A client connection whose datagrams go out through ``sender`` (to ``remote``, which
+    the sender may treat as a name for a path rather than an address).
+
+    The caller feeds every datagram of this connection to
+    :meth:`~stoq.connection.StoqConnection.datagrams_received`, then calls ``start()`` and
+    awaits ``wait_established()``.
+    """
+    engine = eng.get_engine(config.engine)
+    quic, secrets_log = engine.client(_settings(config, is_client=True, server_name=server_name))
+    return StoqConnection(
+        config=config,
+        engine=engine,
+        quic=quic,
+        secrets_log=secrets_log,
+        socket=sender,
+        remote=remote,
+        is_client=True,
+        server_name=server_name,
+        on_closed=on_closed,
+    )
+
+
+class PeerServer:
+    """The server side of exactly one connection over ``sender`` (a virtual path to one peer).
+
+    Feed it every datagram from the peer (:meth:`datagrams_received`); the first QUIC Initial
+    of at least 1200 bytes creates the connection and later datagrams go to it whatever their
+    connection IDs (there is only one peer). Anything before that Initial is dropped.
+    :meth:`accept` returns the connection once the peer passed the post-quantum session.
+    """
+
+    def __init__(self, config: StoqConfig, sender: DatagramSender) -> None:
+        self.config = config
+        self._sender = sender
+        self._engine = eng.get_engine(config.engine)
+        self.connection: StoqConnection | None = None
+        self.dropped_datagrams = 0
+        self._ready: asyncio.Future[StoqConnection] = asyncio.get_running_loop().create_future()
+
+    def datagrams_received(self, datagrams: list[bytes], address: Address) -> None:
+        if self.connection is None:
+            while datagrams:
+                first = datagrams[0]
+                header = destination_connection_id(first)
+                long_enough = len(first) >= MIN_INITIAL_DATAGRAM
+                if header is not None and header[1] and long_enough and _is_initial(first):
+                    self._create(header[0], address)
+                    break
+                datagrams = datagrams[1:]
+                self.dropped_datagrams += 1
+            if self.connection is None:
+                return
+        self.connection.datagrams_received(datagrams, address)
+
+    def _create(self, cid: bytes, address: Address) -> None:
+        quic, secrets_log = self._engine.server(
+            _settings(self.config, is_client=False), original_destination_connection_id=cid
+        )
+        self.connection = StoqConnection(
+            config=self.config,
+            engine=self._engine,
+            quic=quic,
+            secrets_log=secrets_log,
+            socket=self._sender,
+            remote=address,
+            is_client=False,
+            on_established=self._established,
+            on_closed=self._closed,
+        )
+        asyncio.get_running_loop().call_later(
+            self.config.handshake_timeout, self.connection.abandon_handshake
+        )
+
+    def _established(self, connection: StoqConnection) -> None:
+        if not self._ready.done():
+            self._ready.set_result(connection)
+
+    def _closed(self, connection: StoqConnection) -> None:
+        if not self._ready.done():
+            self._ready.set_exception(ConnectionLost(0, "the connection closed during handshake"))
+
+    async def accept(self) -> StoqConnection:
+        """The connection, once authenticated; :class:`ConnectionLost` if its handshake failed."""
+        return await asyncio.shield(self._ready)
 
 
 def _is_address(host: str) -> bool:

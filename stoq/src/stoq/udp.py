@@ -24,9 +24,9 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Address", "BatchSocket", "open_socket"]
+__all__ = ["Address", "BatchSocket", "DatagramSender", "open_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ SOCKET_BUFFER = 8 << 20
 
 Address = tuple[Any, ...]
 Batch = list[tuple[bytes, Address]]
+
+
+class DatagramSender(Protocol):
+    """What a STOQ connection sends its QUIC datagrams through: a :class:`BatchSocket`, or a
+    virtual path such as :class:`stoq.nat.peer_link.PeerLink` (direct or relayed)."""
+
+    def send(self, datagrams: Sequence[tuple[bytes, Address]]) -> None: ...
 
 
 def open_socket(

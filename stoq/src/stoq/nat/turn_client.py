@@ -1035,6 +1035,7 @@ class TurnClient:
         transport: Transport | str = Transport.UDP,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        sock: socket.socket | None = None,
     ) -> TurnClient:
         """Allocate a relayed address on ``server`` (``(host, port)``; a name is resolved) with
         the long-term credentials, from a UDP socket bound to ``local`` (default: any) — or,
@@ -1044,6 +1045,11 @@ class TurnClient:
         ``transport="tls"`` is the same over TLS: ``ssl_context`` (default: the system's
         verifying context) checks the server's certificate for ``server_hostname`` (default:
         the host of ``server``).
+
+        ``sock`` is a socket to use instead of opening one (UDP, or an unconnected TCP socket
+        for ``tcp``/``tls``; bound or not, not together with ``local``); it is closed with the
+        client. For callers that must make their sockets themselves (another network
+        namespace, a chosen port).
 
         Raises :class:`TurnError` (e.g. 401 for wrong credentials, 486 quota),
         :class:`~stoq.nat.stun_client.StunTimeout`,
@@ -1064,18 +1070,23 @@ class TurnClient:
             timeout=timeout,
             transport=transport,
         )
+        if sock is not None and local is not None:
+            raise ValueError("give either sock or local, not both")
         client = cls(core)
         if core.transport != Transport.UDP:
             context: ssl.SSLContext | None = None
             if core.transport == Transport.TLS:
                 context = ssl_context or ssl.create_default_context()
                 server_hostname = server_hostname or server[0]
-            await client._connect(local, context, server_hostname)
+            await client._connect(local, context, server_hostname, sock)
             return client
-        try:
-            sock = open_client_socket(address, local)
-        except OSError as exc:
-            raise StunError(f"cannot open a UDP socket for TURN: {exc}") from exc
+        if sock is None:
+            try:
+                sock = open_client_socket(address, local)
+            except OSError as exc:
+                raise StunError(f"cannot open a UDP socket for TURN: {exc}") from exc
+        else:
+            sock.setblocking(False)
         client._sock = sock
         try:
             datagrams, _ = await client._loop.create_datagram_endpoint(
@@ -1093,18 +1104,31 @@ class TurnClient:
         local: tuple[str, int] | None,
         context: ssl.SSLContext | None,
         server_hostname: str | None,
+        sock: socket.socket | None = None,
     ) -> None:
         host, port = self.core.server
         kind = self.core.transport.name
+        hostname = server_hostname if context is not None else None
         try:
-            stream, _ = await self._loop.create_connection(
-                lambda: _StreamProtocol(self),
-                host,
-                port,
-                local_addr=local,
-                ssl=context,
-                server_hostname=server_hostname if context is not None else None,
-            )
+            if sock is None:
+                stream, _ = await self._loop.create_connection(
+                    lambda: _StreamProtocol(self),
+                    host,
+                    port,
+                    local_addr=local,
+                    ssl=context,
+                    server_hostname=hostname,
+                )
+            else:
+                sock.setblocking(False)
+                try:
+                    await self._loop.sock_connect(sock, (host, port))
+                except BaseException:
+                    sock.close()
+                    raise
+                stream, _ = await self._loop.create_connection(
+                    lambda: _StreamProtocol(self), sock=sock, ssl=context, server_hostname=hostname
+                )
         except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
             raise StunError(
                 f"cannot connect over {kind} to TURN server {self._server}: {exc}"
@@ -1165,6 +1189,11 @@ class TurnClient:
     async def send(self, peer: tuple[str, int], data: bytes) -> None:
         """Relay ``data`` to ``peer`` (ChannelData if a channel is bound, else a Send
         indication). :class:`TurnStateError` without a permission for the peer's IP."""
+        self.send_nowait(peer, data)
+
+    def send_nowait(self, peer: tuple[str, int], data: bytes) -> None:
+        """:meth:`send` for synchronous callers (it never waits: UDP datagrams and TCP
+        writes are queued by the transport)."""
         self._check_alive()
         datagram = self.core.send(normalize_address(peer), data)
         self._send_datagrams([datagram])
