@@ -5,7 +5,7 @@ RFC 5780 STUN server and a TURN server on the internet, and tears all of it down
 :meth:`NatLab.close` (or leaving ``with``). Namespaces are named ``stq-<pid>-lab<n>-<role>``, so
 :func:`netns.reap_stale` deletes those a killed run left behind (every lab reaps on creation).
 
-Topology (site number ``K`` = 1, 2, ... in the order of the kinds asked for)::
+Topology (site number ``K`` = 1, 2, ... in the order of the kinds asked for, then the twins)::
 
                          namespace "inet": bridge br0, 203.0.113.0/24 (TEST-NET-3)
       STUN 203.0.113.1:3478 (primary), alternate 203.0.113.2:3479 (RFC 5780: A1/A2, P1/P2)
@@ -27,10 +27,21 @@ The internet never has a route to 10.100.0.0/16 or 192.168.0.0/16: anything reac
 went through its router's translation. Every rule below is run as ``iptables RULE`` inside the
 router namespace, in this order, with ``{host}`` the host's (or, for an outer double-NAT
 router, the inner router's) private IP and ``{public}`` the router's public IP. Every router
-first gets :data:`FILTER_BASE` (forwarding default-deny; answers to what went out come back):
+first gets :data:`FILTER_BASE` (forwarding default-deny; answers to what went out come back;
+unsolicited UDP to the router itself is dropped, as home routers' input firewalls do):
 
 * ``-P FORWARD DROP``
 * ``-A FORWARD -i pub0 -o priv0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT``
+* ``-A INPUT -i pub0 -p udp -m conntrack --ctstate NEW -j DROP``
+
+The input rule matters for hole punching, not only for looks. A datagram the router *accepts*
+for itself (even just to answer ICMP port unreachable) gets a confirmed conntrack entry
+``peer:p -> router:q``. When the router's host later sends ``host:q -> peer:p``, the reply tuple
+of its masqueraded flow would be that very entry, so MASQUERADE must pick another source port:
+the host's server-reflexive candidate (port ``q``) goes stale, and a peer that filters on
+address and port never gets in. Two sites one bridge apart (microseconds) hit this whenever one
+side's first check reaches the other's router before that router's host has sent its own. A
+datagram dropped in INPUT never gets its conntrack entry confirmed, so the port stays free.
 
 ``full-cone`` (endpoint-independent mapping and filtering): a static 1:1 NAT of the host.
 Outbound UDP keeps its source port (SNAT only changes a port that would clash, and there is one
@@ -60,14 +71,15 @@ relay tests here) the difference cannot show::
 ``port-restricted-cone`` (endpoint-independent mapping with port preservation,
 address-and-port-dependent filtering): plain Linux masquerading. conntrack keys each flow on
 the full 5-tuple, so only the exact (IP, port) the host sent to gets back in; an unsolicited
-datagram reaches the router itself, which answers ICMP port unreachable::
+datagram is for the router itself, whose input firewall (:data:`FILTER_BASE`) drops it::
 
     -t nat -A POSTROUTING -o pub0 -j MASQUERADE
     -A FORWARD -i priv0 -o pub0 -j ACCEPT
 
 ``symmetric`` (address-and-port-dependent mapping and filtering): masquerading with a random
-source port for every new flow (so two destinations see two different ports; the chance that
-two random ports coincide, which would read as endpoint-independent, is about 1 in 64 000)::
+source port for every new flow, drawn by the kernel from 1024-65535 when the host's port is
+above 1023 (so two destinations see two different ports; the chance that two random ports
+coincide, which would read as endpoint-independent, is about 1 in 64 000)::
 
     -t nat -A POSTROUTING -o pub0 -j MASQUERADE --random-fully
     -A FORWARD -i priv0 -o pub0 -j ACCEPT
@@ -138,6 +150,7 @@ ALL_KINDS: tuple[SiteKind, ...] = tuple(SiteKind)
 FILTER_BASE: tuple[str, ...] = (
     "-P FORWARD DROP",
     "-A FORWARD -i pub0 -o priv0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    "-A INPUT -i pub0 -p udp -m conntrack --ctstate NEW -j DROP",
 )
 
 _OUT = "-A FORWARD -i priv0 -o pub0 -j ACCEPT"
@@ -221,16 +234,21 @@ class Site:
 class NatLab:
     """The internet, the servers and one site per kind (module docstring); use with ``with``."""
 
-    def __init__(self, kinds: Sequence[SiteKind] = ALL_KINDS) -> None:
+    def __init__(
+        self, kinds: Sequence[SiteKind] = ALL_KINDS, *, twins: Sequence[SiteKind] = ()
+    ) -> None:
         netns.reap_stale()
         self._stack = ExitStack()
         self.base = f"stq-{os.getpid()}-lab{next(_lab_counter)}"
         self.namespaces: list[str] = []
         self.inet = f"{self.base}-inet"
         self.sites: dict[SiteKind, Site] = {}
+        #: A second site of each kind in ``twins`` (numbered after the sites), for pairings of
+        #: two NATs of the same kind.
+        self.twins: dict[SiteKind, Site] = {}
         self.servers: list[NetnsProcess] = []
         try:
-            self._build(kinds)
+            self._build(kinds, twins)
         except BaseException:
             self.close()
             raise
@@ -286,7 +304,7 @@ class NatLab:
             argv = rule.format(host=host, public=public).split()
             _run(netns_argv(router, ["iptables", "-w", *argv]))
 
-    def _build(self, kinds: Sequence[SiteKind]) -> None:
+    def _build(self, kinds: Sequence[SiteKind], twins: Sequence[SiteKind]) -> None:
         self._namespace("inet")
         inet = ["ip", "-n", self.inet]
         _run([*inet, "link", "add", BRIDGE, "type", "bridge"])
@@ -295,6 +313,8 @@ class NatLab:
             self._address(self.inet, BRIDGE, f"{ip}/24")
         for number, kind in enumerate(kinds, start=1):
             self.sites[kind] = self._site(kind, number)
+        for number, kind in enumerate(twins, start=len(kinds) + 1):
+            self.twins[kind] = self._site(kind, number)
         self._start_servers()
 
     def _site(self, kind: SiteKind, number: int) -> Site:
