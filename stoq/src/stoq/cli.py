@@ -1,5 +1,5 @@
-"""The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server``, ``nat-check`` and
-``turn-server``.
+"""The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server``, ``nat-check``,
+``turn-server`` and ``rendezvous``.
 
 ``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
 from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
@@ -33,6 +33,10 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   SIGTERM (then exit status 0). Peers on loopback, private and other special-purpose addresses
   are refused unless
   ``--allow-loopback-peers`` (loopback only) or ``--allow-peer`` (a network) opens them.
+* ``stoq rendezvous --listen HOST:PORT [--max-peers N] [--rate-limit N]`` plus the identity
+  arguments runs the rendezvous (signalling) service (:mod:`stoq.nat.rendezvous`) on a STOQ
+  endpoint, prints one ``listening HOST:PORT`` line per socket, and runs until SIGINT or SIGTERM
+  (then exit status 0).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from stoq.engine import available_engines
 from stoq.errors import ConnectError, StoqError, StreamClosed
 from stoq.identity import NodeIdentity, PeerPolicy, load_pem_chain
 from stoq.nat.discovery import discover
+from stoq.nat.rendezvous import DEFAULT_RATE, MAX_PEERS, RendezvousServer
 from stoq.nat.stun_client import format_address, parse_address
 from stoq.nat.stun_server import DEFAULT_SOFTWARE, RateLimit, StunServer
 from stoq.nat.turn_server import MAX_LIFETIME, TurnServer
@@ -308,6 +313,37 @@ async def _turn_server(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rendezvous(args: argparse.Namespace) -> int:
+    config = _config(args)
+    host, port = args.listen
+    endpoint = await Endpoint.listen(config, host, port)
+    try:
+        server = await RendezvousServer.serve(
+            endpoint,
+            max_peers=args.max_peers,
+            rate=args.rate_limit,
+            burst=max(1, round(2 * args.rate_limit)),
+        )
+    except BaseException:
+        await endpoint.close()
+        raise
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        for signum in signals:
+            loop.add_signal_handler(signum, stop.set)
+        for address in endpoint.addresses:
+            print(f"listening {format_address((str(address[0]), int(address[1])))}", flush=True)
+        await stop.wait()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await server.close()
+        await endpoint.close()
+    return 0
+
+
 async def _nat_check(args: argparse.Namespace) -> int:
     found = await discover(args.server, local=args.local, timeout=args.timeout, rto=args.rto)
     if args.json:
@@ -457,6 +493,30 @@ def _parser() -> argparse.ArgumentParser:
         default=MAX_LIFETIME,
         help=f"longest allocation lifetime in seconds (default {MAX_LIFETIME})",
     )
+    rendezvous = commands.add_parser(
+        "rendezvous", help="run the rendezvous (signalling) service over STOQ"
+    )
+    _identity_arguments(rendezvous)
+    rendezvous.add_argument(
+        "--listen",
+        required=True,
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port to listen on ([IPv6]:PORT; [::]:PORT is dual-stack; port 0: any)",
+    )
+    rendezvous.add_argument(
+        "--max-peers",
+        type=int,
+        default=MAX_PEERS,
+        help=f"most peers registered at once (default {MAX_PEERS})",
+    )
+    rendezvous.add_argument(
+        "--rate-limit",
+        type=float,
+        default=DEFAULT_RATE,
+        metavar="N",
+        help=f"messages per second per connection (bursts of 2N; default {DEFAULT_RATE:g})",
+    )
     parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
     return parser
 
@@ -474,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_nat_check(args))
         if args.command == "turn-server":
             return asyncio.run(_turn_server(args))
+        if args.command == "rendezvous":
+            return asyncio.run(_rendezvous(args))
         return _bench(args)
     except KeyboardInterrupt:
         return 130
