@@ -295,7 +295,7 @@ def test_unreachable_address_is_unavailable_and_named(
     assert f"127.0.0.1:{closed_port}" in details
 
 
-def test_missing_address_and_the_other_rpcs_are_unimplemented(
+def test_missing_address_and_resolution_are_unimplemented(
     network: tuple[NetworkLayerServicer, network_pb2_grpc.NetworkLayerStub],
     node_b: tuple[Node, Endpoint],
 ) -> None:
@@ -319,13 +319,15 @@ def test_missing_address_and_the_other_rpcs_are_unimplemented(
     assert code == grpc.StatusCode.UNIMPLEMENTED
     assert "issue 8" in details
 
+    # Without a traversal agent (no rendezvous node) there is nothing to traverse with; the
+    # working RPC is tested in test_network_layer_traversal.py.
     with pytest.raises(grpc.RpcError) as info:
         stub.HandleNatTraversal(
             network_pb2.HandleNatTraversalRequest(peer_id=common_pb2.PeerId(id=b.identity.peer_id))
         )
     code, details = status(info)
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue 7" in details
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no NAT traversal agent" in details
 
 
 @pytest.mark.parametrize(

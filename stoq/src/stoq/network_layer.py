@@ -53,8 +53,10 @@ address if the pool has none; the peer STOQ authenticates there must be ``peer_i
 channel, and answers with the local security layer's description of it and the address the
 connection runs over. Errors map to one status each (see :data:`STATUS_OF` and
 :meth:`NetworkLayerServicer.EstablishSecureChannel`).
-``ResolveAssetAddress``, ``HandleNatTraversal`` and ``EstablishSecureChannel`` without an address
-need name resolution and NAT traversal, which STOQ does not have yet (issues 7 and 8): they answer
+``HandleNatTraversal`` runs the servicer's :class:`~stoq.nat.traversal.TraversalAgent` (given
+as ``traversal``; without one it answers ``FAILED_PRECONDITION``) and reports the path found.
+``ResolveAssetAddress`` needs name resolution (issue 8), and ``EstablishSecureChannel`` without
+an address needs it too (to learn which peer serves what, and to dial by traversal): both answer
 ``UNIMPLEMENTED`` and say so.
 """
 
@@ -83,6 +85,12 @@ from stoq.errors import (
     StoqError,
     StreamClosed,
 )
+from stoq.nat.peer_link import Route
+from stoq.nat.punch import Candidate, CandidateKind
+from stoq.nat.rendezvous import PeerNotRegistered, RendezvousError
+from stoq.nat.signalling import MappingBehaviour
+from stoq.nat.stun import StunError
+from stoq.nat.traversal import PeerConnection, TraversalAgent, TraversalFailed
 from stoq.pool import ConnectionPool, PoolClosed, PoolExhausted
 from trustchain.crypto.algorithms import KemAlgorithm
 from trustchain.crypto.channel import SecureChannel
@@ -615,6 +623,7 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         *,
         pool: ConnectionPool | None = None,
         timeout: float = DEFAULT_EXPORT_TIMEOUT,
+        traversal: TraversalAgent | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -627,6 +636,9 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         # Touched on the loop's thread only: the export service on each connection of an own
         # pool.
         self._serving: dict[StoqConnection, asyncio.Task[None]] = {}
+        # HandleNatTraversal: the agent, and the connections it made (by peer id; loop only).
+        self._traversal = traversal
+        self._traversed: dict[bytes, PeerConnection] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -708,9 +720,55 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         request: network_pb2.HandleNatTraversalRequest,
         context: grpc.ServicerContext,
     ) -> network_pb2.HandleNatTraversalResponse:
-        """``UNIMPLEMENTED``: STOQ has no NAT traversal yet (issue 7)."""
+        """Find a working path to ``request.peer_id`` through this node's
+        :class:`~stoq.nat.traversal.TraversalAgent` (rendezvous, candidates, checks, relay).
+
+        An existing traversal connection to the peer is reused; otherwise one is made, and the
+        answer waits for its first connectivity checks to end, so it names the direct path when
+        there is one and the two relayed addresses otherwise. ``local`` carries this node's NAT
+        type (RFC 5780 discovery, once per servicer); ``remote`` carries SYMMETRIC when the
+        peer reported endpoint-dependent mapping and UNSPECIFIED otherwise (peers report their
+        mapping, not their filtering).
+
+        Status codes: ``INVALID_ARGUMENT`` for a peer id that is not 32 bytes;
+        ``UNIMPLEMENTED`` for caller-supplied ``local_candidates`` (the network layer gathers
+        its own); ``FAILED_PRECONDITION`` when the servicer has no traversal agent (no
+        rendezvous node configured); ``NOT_FOUND`` when the peer is not registered at the
+        rendezvous node; ``UNAVAILABLE`` when no path works or the rendezvous refuses;
+        ``PERMISSION_DENIED`` when the node reached proves another identity;
+        ``DEADLINE_EXCEEDED`` past the timeout.
+        """
         with _handle(context, "HandleNatTraversal"):
-            raise _not_implemented("HandleNatTraversal", NAT_TRAVERSAL_ISSUE)
+            peer_id = request.peer_id.id
+            if len(peer_id) != PEER_ID_SIZE:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"peer_id.id must be {PEER_ID_SIZE} bytes, got {len(peer_id)}",
+                )
+            if request.local_candidates:
+                raise _Abort(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "caller-supplied local_candidates are not supported: the network layer "
+                    "gathers its own candidates; leave the field empty",
+                )
+            if self._traversal is None:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this node has no NAT traversal agent (no rendezvous node configured)",
+                )
+            remaining = context.time_remaining()
+            timeout = self._timeout if remaining is None else min(self._timeout, remaining)
+            try:
+                return self._run(self._traverse(self._traversal, peer_id), timeout)
+            except TimeoutError:
+                raise _Abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no path to the peer within {timeout:.3g} s",
+                ) from None
+            except PeerNotRegistered as exc:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"unknown peer: {exc}") from exc
+            except RendezvousError as exc:
+                raise _Abort(grpc.StatusCode.UNAVAILABLE, f"rendezvous: {exc}") from exc
         raise AssertionError("unreachable: _handle aborts")  # pragma: no cover
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -720,6 +778,9 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         pool is left alone."""
         if self._owns_pool:
             await self._pool.close()
+        for traversed in list(self._traversed.values()):
+            await traversed.close()
+        self._traversed.clear()
         for task in list(self._serving.values()):
             await task
 
@@ -736,6 +797,39 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         except TimeoutError:
             future.cancel()
             raise
+
+    async def _traverse(
+        self, agent: TraversalAgent, peer_id: bytes
+    ) -> network_pb2.HandleNatTraversalResponse:
+        connection = self._traversed.get(peer_id)
+        if connection is None or connection.connection.closed:
+            connection = await agent.connect(peer_id)
+            self._traversed[peer_id] = connection
+        await connection.wait_punched()
+        try:
+            behaviour = await agent.nat_behaviour()
+        except StunError as exc:
+            log.info("NAT discovery failed: %s", exc)
+            local_type = common_pb2.NAT_TYPE_UNSPECIFIED
+        else:
+            local_type = _NAT_TYPES.get(behaviour.nat_type, common_pb2.NAT_TYPE_UNSPECIFIED)
+        remote_type = (
+            common_pb2.NAT_TYPE_SYMMETRIC
+            if connection.remote_mapping == MappingBehaviour.DEPENDENT
+            else common_pb2.NAT_TYPE_UNSPECIFIED
+        )
+        link = connection.link
+        direct = link.direct_path
+        if link.route == Route.DIRECT and direct is not None:
+            base, remote = direct
+            local = _public(connection.local_candidates, base, local_type, local=True)
+            far = _public(connection.remote_candidates, remote, remote_type, local=False)
+        elif link.route == Route.RELAY and link.turn is not None and link.remote_relayed:
+            local = _address(link.turn.relayed_address, common_pb2.ADDRESS_ORIGIN_RELAYED, 0)
+            far = _address(link.remote_relayed, common_pb2.ADDRESS_ORIGIN_RELAYED, 0)
+        else:
+            raise TraversalFailed(f"the link to the peer has no path ({link.route})")
+        return network_pb2.HandleNatTraversalResponse(local=local, remote=far)
 
     async def _establish(
         self, peer_id: bytes, host: str, port: int
@@ -756,6 +850,58 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
             channel.close()
             raise
         return described, connection.remote_address
+
+
+_NAT_TYPES: dict[str, common_pb2.NatType.ValueType] = {
+    "open": common_pb2.NAT_TYPE_NONE,
+    "full-cone": common_pb2.NAT_TYPE_FULL_CONE,
+    "restricted-cone": common_pb2.NAT_TYPE_RESTRICTED_CONE,
+    "port-restricted-cone": common_pb2.NAT_TYPE_PORT_RESTRICTED_CONE,
+    "symmetric": common_pb2.NAT_TYPE_SYMMETRIC,
+}
+
+_ORIGINS: dict[CandidateKind, common_pb2.AddressOrigin.ValueType] = {
+    CandidateKind.HOST: common_pb2.ADDRESS_ORIGIN_HOST,
+    CandidateKind.SERVER_REFLEXIVE: common_pb2.ADDRESS_ORIGIN_SERVER_REFLEXIVE,
+    # A peer-reflexive address is one a peer reflected back: the proto's reflexive origin.
+    CandidateKind.PEER_REFLEXIVE: common_pb2.ADDRESS_ORIGIN_SERVER_REFLEXIVE,
+    CandidateKind.RELAYED: common_pb2.ADDRESS_ORIGIN_RELAYED,
+}
+
+
+def _address(
+    address: tuple[Any, ...], origin: common_pb2.AddressOrigin.ValueType, nat_type: int
+) -> common_pb2.PublicAddress:
+    return common_pb2.PublicAddress(
+        address=_network_address(str(address[0]), int(address[1])),
+        origin=origin,
+        nat_type=nat_type,  # type: ignore[arg-type]
+    )
+
+
+def _public(
+    candidates: tuple[Candidate, ...],
+    address: tuple[Any, ...],
+    nat_type: int,
+    *,
+    local: bool,
+) -> common_pb2.PublicAddress:
+    """The public side of one end of a direct path. Locally ``address`` is the socket's base:
+    the peer sees its server-reflexive mapping if there is one. Remotely ``address`` is what
+    the checks reached: a candidate the peer sent, or else a peer-reflexive address."""
+    if local:
+        reflexive = [
+            c for c in candidates
+            if c.kind == CandidateKind.SERVER_REFLEXIVE and c.base == tuple(address)
+        ]  # fmt: skip
+        if reflexive:
+            return _address(reflexive[0].address, common_pb2.ADDRESS_ORIGIN_SERVER_REFLEXIVE,
+                            nat_type)  # fmt: skip
+        return _address(address, common_pb2.ADDRESS_ORIGIN_HOST, nat_type)
+    for candidate in candidates:
+        if tuple(candidate.address) == tuple(address):
+            return _address(address, _ORIGINS[candidate.kind], nat_type)
+    return _address(address, common_pb2.ADDRESS_ORIGIN_SERVER_REFLEXIVE, nat_type)
 
 
 def serve(

@@ -20,9 +20,18 @@ behaviour discovery (RFC 5780).
   :mod:`stoq.nat.framing` — splitting a TCP/TLS byte stream into STUN and ChannelData frames.
 
 * :mod:`stoq.nat.punch` — ICE-style hole punching (RFC 8445 priorities, paced and signed
-  connectivity checks, peer-reflexive learning, regular nomination) over one UDP socket.
+  connectivity checks, peer-reflexive learning, regular nomination) over one or more UDP
+  sockets, with multi-port ("birthday") probing when one side's NAT maps per destination.
+* :mod:`stoq.nat.rendezvous` — the signalling service over STOQ: nodes register by their
+  authenticated peer id and relay opaque signals to each other through a bootstrap node.
+* :mod:`stoq.nat.signalling` — the session descriptions peers exchange through it (candidates,
+  ICE credentials, mapping behaviour, restarts).
+* :mod:`stoq.nat.peer_link` — the virtual socket a STOQ connection to a peer runs over: direct
+  (the punched socket, STUN and QUIC demultiplexed on it) or relayed (TURN), with keepalives and
+  a switch between the two that the connection never sees.
+* :mod:`stoq.nat.traversal` — all of it end to end: a STOQ connection to a peer known only by
+  its peer id (gather, exchange, relay first, upgrade to direct, ICE restarts on NAT rebinding).
 
-Not here yet (issue 7 is open): RFC 6062 TCP allocations, birthday probing for symmetric NATs,
-candidate exchange over STOQ, QUIC on the punched socket, keepalives and rebinding,
-``NetworkLayer.HandleNatTraversal``.
+Not here: RFC 6062 TCP allocations (TCP relaying to peers), candidates from more than one
+local interface, IPv6 candidates in the traversal agent (the STUN/TURN pieces do IPv6).
 """
