@@ -318,3 +318,30 @@ def test_bad_descriptions_are_refused_with_a_reason(
 def test_oversize_description_is_refused() -> None:
     with pytest.raises(SignallingError, match="exceeds 8192"):
         decode_description(b" " * 9000)
+
+
+def test_a_peer_cannot_make_a_node_open_links_without_bound(pki: Pki) -> None:
+    async def body(world: World) -> None:
+        async with (
+            world.node("alice.bank.hypermesh", max_links_per_peer=2) as alice,
+            world.node("bob.bank.hypermesh") as bob,
+        ):
+            bob_id = bob.rendezvous.peer_id
+            for n in range(6):
+                offer = Description(
+                    DescriptionKind.OFFER,
+                    bytes([n]) * 16,
+                    0,
+                    "abcd",
+                    "a" * 22,
+                    MappingBehaviour.UNKNOWN,
+                    (Candidate.make(CandidateKind.HOST, ("127.0.0.1", 9)),),
+                )
+                await bob.rendezvous.send(alice.rendezvous.peer_id, encode_description(offer))
+            await _wait_for(lambda: len(alice._links) == 2, "two links for bob")
+            assert {peer for peer, _ in alice._links} == {bob_id}
+            assert "that peer has 2 links open" in alice._refuse_offer(bob_id)
+            # Another peer is not affected by bob's share.
+            assert alice._refuse_offer(b"\x07" * 32) == ""
+
+    run(pki, body)

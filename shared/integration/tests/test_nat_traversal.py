@@ -390,6 +390,7 @@ def test_nat_rebinding_keeps_the_connection(lab: NatLab, identities: Identities)
             async with asyncio.timeout(DIRECT_WINDOW):
                 while not (a.route == Route.DIRECT and b.route == Route.DIRECT):
                     await asyncio.sleep(0.05)
+            relayed_before = a.link.turn.relayed_address if a.link.turn else None
             before = b.link.direct_path
             assert before is not None
             assert before[1][0] == site.public_ip
@@ -420,6 +421,10 @@ def test_nat_rebinding_keeps_the_connection(lab: NatLab, identities: Identities)
                     and b.link.direct_path[1][0] == new_ip
                 ):
                     await asyncio.sleep(0.05)
+            # The UDP TURN allocation died with the old mapping; the restart made a new one.
+            assert a.link.turn is not None
+            assert a.link.relay_alive
+            assert a.link.turn.relayed_address != relayed_before
             await stream.send(b"60", end_stream=True)
             async with asyncio.timeout(30):
                 await reading
@@ -437,3 +442,41 @@ def test_nat_rebinding_keeps_the_connection(lab: NatLab, identities: Identities)
         _run(netns_argv(router, ["ip", "addr", "add", f"{site.public_ip}/24", "dev", "pub0"]))
     assert received == list(range(61)), routes
     assert "nothing from" in routes
+
+
+def test_a_relayed_connection_upgrades_when_udp_opens(lab: NatLab, identities: Identities) -> None:
+    """ "Keep trying to upgrade a relayed connection to direct": a node behind the UDP-blocking
+    firewall is relayed (over TURN-TCP); when the firewall starts letting UDP out, the link's
+    next retry (every ``retry_direct`` s, doubling) finds a direct path, under the same
+    connection."""
+    blocked, other = lab.sites[SiteKind.UDP_BLOCKED], lab.sites[SiteKind.PUBLIC]
+    router = blocked.routers[0]
+    rule = ["-D", "FORWARD", "-i", "priv0", "-o", "pub0", "-p", "udp", "-j", "DROP"]
+
+    async def main() -> None:
+        async with _world(lab, identities, [blocked, other]) as nodes:
+            loop = asyncio.get_running_loop()
+            accepted: asyncio.Future[PeerConnection] = loop.create_future()
+            nodes[other].waiting[nodes[blocked].peer_id] = accepted
+            a = await nodes[blocked].agent.connect(nodes[other].peer_id)
+            b = await accepted
+            await asyncio.gather(a.wait_punched(), b.wait_punched())
+            assert (a.route, b.route) == (Route.RELAY, Route.RELAY)
+            assert await _message(a, b, b"relayed") == b"deyaler"
+            _run(netns_argv(router, ["iptables", "-w", *rule]))
+            async with asyncio.timeout(30):
+                while not (a.route == Route.DIRECT and b.route == Route.DIRECT):
+                    await asyncio.sleep(0.05)
+            assert await _message(a, b, b"direct") == b"tcerid"
+            assert not a.connection.closed
+            assert [c.route for c in a.link.changes][:1] == [Route.RELAY]
+            await a.close()
+            await b.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        rules = _run(netns_argv(router, ["iptables", "-S", "FORWARD"]))
+        if "-p udp -j DROP" not in rules:  # put the firewall back where it was
+            restore = ["-I", "FORWARD", "2", *rule[2:]]
+            _run(netns_argv(router, ["iptables", "-w", *restore]))

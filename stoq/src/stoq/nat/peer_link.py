@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stoq.nat import stun
-from stoq.nat.punch import Failed, PunchSession, Selected
+from stoq.nat.punch import Failed, PunchError, PunchSession, Selected
 from stoq.nat.stun import MessageClass, StunError
 from stoq.nat.stun_client import (
     Address,
@@ -53,10 +53,12 @@ from stoq.nat.stun_client import (
 )
 from stoq.nat.turn_client import TurnClient
 
-__all__ = ["PeerLink", "RelayPath", "Route", "RouteChange"]
+__all__ = ["VIRTUAL_PEER", "PeerLink", "RelayPath", "Route", "RouteChange"]
 
 log = logging.getLogger(__name__)
 
+#: The address a connection over a link knows its peer by: unspecified, so it names no host.
+VIRTUAL_PEER: Address = ("0.0.0.0", 1)  # noqa: S104 - never bound or dialled
 _RECEIVE_SIZE = 65535
 _READS_PER_WAKEUP = 256
 
@@ -121,6 +123,7 @@ class PeerLink:
         self.turn: TurnClient | None = None
         self.remote_relayed: Address | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[None]] = set()
         self.route = Route.NONE
         self._direct: tuple[socket.socket, Address, Address] | None = None  # sock, base, remote
         self.changes: list[RouteChange] = []
@@ -214,11 +217,26 @@ class PeerLink:
     def set_relay(self, turn: TurnClient, remote_relayed: Address) -> None:
         """Relay through ``turn`` (permission and channel for ``remote_relayed`` already made)
         and read what it relays from the peer; the route becomes RELAY unless it is DIRECT."""
+        old = self.turn
         self.turn = turn
         self.remote_relayed = normalize_address(remote_relayed)
-        self._relay_task = asyncio.ensure_future(self._relay_reader(turn))
-        if self.route == Route.NONE:
+        if old is not turn or not self.relay_alive:
+            if self._relay_task is not None:
+                self._relay_task.cancel()
+            if old is not None and old is not turn:
+                closing = asyncio.ensure_future(old.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+            self._relay_task = asyncio.ensure_future(self._relay_reader(turn))
+        if self.route == Route.RELAY:
+            self._switch(Route.RELAY, turn.relayed_address, self.remote_relayed, "relay changed")
+        elif self.route == Route.NONE:
             self._switch(Route.RELAY, turn.relayed_address, self.remote_relayed, "relay ready")
+
+    @property
+    def relay_alive(self) -> bool:
+        """True while the relay's allocation lives (its reader has not ended)."""
+        return self._relay_task is not None and not self._relay_task.done()
 
     async def _relay_reader(self, turn: TurnClient) -> None:
         while True:
@@ -226,9 +244,8 @@ class PeerLink:
                 peer, data = await turn.receive()
             except StunError as exc:
                 log.info("relay lost: %s", exc)
-                if self.route == Route.RELAY:
+                if self.turn is turn and self.route == Route.RELAY:
                     self._switch(Route.NONE, None, None, f"relay lost: {exc}")
-                self.remote_relayed = None
                 return
             if peer != self.remote_relayed or stun.is_stun(data):
                 self.ignored += 1
@@ -243,6 +260,9 @@ class PeerLink:
         with its result. A :class:`Selected` pair becomes the DIRECT route."""
         if self._punched is not None and not self._punched.done():
             self._punched.cancel()
+        wanted = {normalize_address(base.address) for base in session.bases}
+        for base in [b for b in self._sockets if b not in wanted and b != self.primary]:
+            self._drop_socket(base)  # extra sockets of an earlier session
         self.session = session
         self._punched = self._loop.create_future()
         self._pump_session()
@@ -258,6 +278,9 @@ class PeerLink:
         if result is not None and self._punched is not None and not self._punched.done():
             if isinstance(result, Selected):
                 self._select(result)
+            else:  # the birthday sockets did not win: close them, keep the primary
+                for base in [b for b in self._sockets if b != self.primary]:
+                    self._drop_socket(base)
             self._punched.set_result(result)
         if self._session_timer is not None:
             self._session_timer.cancel()
@@ -356,7 +379,12 @@ class PeerLink:
         if self.session is None:
             self.ignored += 1
             return
-        self.session.handle_datagram(data, source, self._loop.time(), base=base)
+        try:
+            self.session.handle_datagram(data, source, self._loop.time(), base=base)
+        except PunchError as exc:  # a socket the session does not know (a restart raced it)
+            log.debug("check on %s not for this session: %s", base, exc)
+            self.ignored += 1
+            return
         self._pump_session()
 
     def _deliver(self, data: bytes) -> None:
@@ -383,7 +411,7 @@ class PeerLink:
 
     def _path_lost(self, reason: str) -> None:
         self._direct = None
-        if self.turn is not None and self.remote_relayed is not None:
+        if self.turn is not None and self.remote_relayed is not None and self.relay_alive:
             self._switch(Route.RELAY, self.turn.relayed_address, self.remote_relayed, reason)
         else:
             self._switch(Route.NONE, None, None, reason)
@@ -424,6 +452,8 @@ class PeerLink:
             self._relay_task.cancel()
         if self.turn is not None:
             await self.turn.close()
+        for closing in list(self._closing):
+            await closing
         self.route = Route.NONE
 
 

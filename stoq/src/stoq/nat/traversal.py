@@ -53,7 +53,7 @@ from stoq.connection import StoqConnection
 from stoq.endpoint import PeerServer, client_connection
 from stoq.errors import ConnectError, ConnectionLost, PeerRejected, StoqError
 from stoq.nat.discovery import NatBehaviour, discover
-from stoq.nat.peer_link import PeerLink, RelayPath, Route
+from stoq.nat.peer_link import VIRTUAL_PEER, PeerLink, RelayPath, Route
 from stoq.nat.punch import (
     BIRTHDAY_PORTS,
     Birthday,
@@ -126,6 +126,8 @@ class TraversalSettings:
     retry_direct: float = 15.0
     max_retry_direct: float = 300.0
     birthday_ports: int = BIRTHDAY_PORTS
+    max_links: int = 256
+    max_links_per_peer: int = 4
 
     def __post_init__(self) -> None:
         if self.policy not in ("all", "relay"):
@@ -214,6 +216,7 @@ class _LinkState:
     lost: str = ""
     restart_requested: bool = False
     punched: asyncio.Future[object] | None = None
+    connection: StoqConnection | None = None
 
 
 class TraversalAgent:
@@ -258,6 +261,8 @@ class TraversalAgent:
             task.cancel()
         for state in list(self._links.values()):
             await self._close_link(state)
+            if state.connection is not None:
+                await state.connection.close(0, "node closing")
             await state.link.close()
 
     async def _close_link(self, state: _LinkState) -> None:
@@ -285,9 +290,32 @@ class TraversalAgent:
                 state.inbox.put_nowait(description)
                 state.wake.set()
             elif description.kind == DescriptionKind.OFFER and description.generation == 0:
-                self._spawn(self._answer(signal.from_peer_id, description))
+                refusal = self._refuse_offer(signal.from_peer_id)
+                if refusal:
+                    log.warning("ignored an offer from %s: %s", signal.from_peer_id.hex()[:16],
+                                refusal)  # fmt: skip
+                else:
+                    # The link (its slot) exists before the next signal is read.
+                    try:
+                        state = self._new_link(
+                            signal.from_peer_id, description.link, controlling=False
+                        )
+                    except OSError as exc:
+                        log.warning("cannot open a socket for an offer: %s", exc)
+                        continue
+                    self._spawn(self._answer(state, description))
             else:
                 log.info("ignored a %s for an unknown link", description.kind)
+
+    def _refuse_offer(self, peer_id: bytes) -> str:
+        """Why an offer must be ignored ("" if not): every offer costs sockets and a TURN
+        allocation, so a peer (or all of them) may only hold so many links at once."""
+        if len(self._links) >= self.settings.max_links:
+            return f"{len(self._links)} links open, the most allowed"
+        mine = sum(1 for peer, _ in self._links if peer == peer_id)
+        if mine >= self.settings.max_links_per_peer:
+            return f"that peer has {mine} links open, the most allowed"
+        return ""
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -339,7 +367,7 @@ class TraversalAgent:
         link = PeerLink(
             sock,
             base,
-            virtual=("0.0.0.0", 1),  # noqa: S104 - a name for the peer, never dialled
+            virtual=VIRTUAL_PEER,
             keepalive=self.settings.keepalive,
             path_timeout=self.settings.path_timeout,
             on_path_lost=lambda reason: self._path_lost(holder[0], reason),
@@ -549,9 +577,9 @@ class TraversalAgent:
             raise
         return self._established(state, connection, started, punched)
 
-    async def _answer(self, peer_id: bytes, offer: Description) -> None:
+    async def _answer(self, state: _LinkState, offer: Description) -> None:
         started = self._loop.time()
-        state = self._new_link(peer_id, offer.link, controlling=False)
+        peer_id = state.peer_id
         state.remote = offer
         try:
             async with asyncio.timeout(self.settings.exchange_timeout * 3):
@@ -579,6 +607,7 @@ class TraversalAgent:
             self._spawn(connection.close(0x0A, "not the peer asked for"))
             raise PeerRejected("the peer proved another identity than the one signalled")
         state.punched = punched
+        state.connection = connection
         state.maintainer = asyncio.ensure_future(self._maintain(state, punched))
         return PeerConnection(
             state.peer_id, connection, state.link, state.controlling, started, self, state
@@ -661,16 +690,76 @@ class TraversalAgent:
             ):
                 state.generation = description.generation
                 state.remote = description
-                state.local = await self._describe(state, DescriptionKind.ANSWER)
+                state.local, turn = await self._redescribe(state, DescriptionKind.ANSWER)
+                await self._refresh_relay(state, turn)
                 await self._send(state, state.local)
                 self._start_punch(state)
+
+    async def _redescribe(
+        self, state: _LinkState, kind: DescriptionKind
+    ) -> tuple[Description, TurnClient | None]:
+        """A restart's description. If the link's relay does not answer a Refresh (a NAT
+        rebinding ends a UDP TURN allocation with its 5-tuple: 437 or silence), a new allocation
+        replaces it (returned, not yet used)."""
+        turn = state.link.turn
+        if turn is not None and state.link.relay_alive:
+            try:
+                async with asyncio.timeout(self.settings.stun_timeout):
+                    await turn.refresh()  # one round trip proves the allocation is still ours
+            except (StunError, TimeoutError) as exc:
+                log.info("the relay is gone (%s); allocating anew", exc)
+            else:
+                return await self._describe(state, kind), None
+        description = await self._describe(state, kind)
+        turn = await self._allocate(state.udp)
+        if turn is None:
+            return description, None
+        kept = tuple(c for c in description.candidates if c.kind != CandidateKind.RELAYED)
+        description = Description(
+            description.kind,
+            description.link,
+            description.generation,
+            description.ufrag,
+            description.pwd,
+            description.mapping,
+            kept,
+        )
+        return _with_relay(description, turn), turn
+
+    async def _refresh_relay(self, state: _LinkState, turn: TurnClient | None) -> None:
+        """Point the relay at the peer's (possibly new) relayed address, on ``turn`` if a new
+        allocation was made, else on the link's own."""
+        assert state.remote is not None
+        remote = self._relayed(state.remote)
+        current = turn or state.link.turn
+        if current is None or remote is None:
+            if turn is not None:
+                await turn.close()
+            return
+        if turn is None and remote == state.link.remote_relayed and state.link.relay_alive:
+            return
+        try:
+            await current.create_permission(remote[0])
+            await current.channel_bind(remote)
+        except StunError as exc:
+            log.info("cannot relay to the peer's new relayed address: %s", exc)
+            if turn is not None:
+                await turn.close()
+            return
+        state.link.set_relay(current, remote)
 
     async def _restart(self, state: _LinkState) -> object:
         """An ICE restart from the controlling side; the punching result."""
         state.generation += 1
-        state.local = await self._describe(state, DescriptionKind.OFFER)
+        state.local, turn = await self._redescribe(state, DescriptionKind.OFFER)
         await self._send(state, state.local)
-        state.remote = await self._expect(state, DescriptionKind.ANSWER, state.generation)
+        try:
+            state.remote = await self._expect(state, DescriptionKind.ANSWER, state.generation)
+        except BaseException:
+            if turn is not None:
+                await turn.close()
+            raise
+        await self._refresh_relay(state, turn)
         punched = self._start_punch(state)
         if punched is None:
             return Failed("nothing to punch")
