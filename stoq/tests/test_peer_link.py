@@ -39,38 +39,37 @@ async def _until(predicate: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-def test_binding_runs_on_the_link_socket_and_other_datagrams_reach_the_connection() -> None:
+def test_binding_runs_on_the_link_socket_and_unvalidated_datagrams_are_dropped() -> None:
     async def body() -> None:
         server = await StunServer.start([("127.0.0.1", 0)])
         sock = _udp()
         link = PeerLink(sock, sock.getsockname(), virtual=VIRTUAL_PEER)
-        received: list[tuple[list[bytes], tuple[object, ...]]] = []
-        link.receiver = lambda datagrams, address: received.append((datagrams, address))
-        peer = _udp()
+        received: list[list[bytes]] = []
+        link.receiver = lambda datagrams, address: received.append(datagrams)
+        stranger = _udp()
         try:
             result = await link.binding(server.addresses[0])
             assert result.mapped == sock.getsockname()
-            # Application datagrams from anyone go to the connection, named by the virtual
-            # address; a STUN indication (keepalive) does not.
+            # No connectivity check validated the stranger's address: its datagrams, QUIC or
+            # keepalive, never reach the connection.
             loop = asyncio.get_running_loop()
-            await loop.sock_sendto(peer, QUIC_LIKE, sock.getsockname())
             keepalive = stun.encode(
                 stun.Message(
                     stun.Method.BINDING, stun.MessageClass.INDICATION, stun.new_transaction_id(), ()
                 ),
                 fingerprint=True,
             )
-            await loop.sock_sendto(peer, keepalive, sock.getsockname())
-            await loop.sock_sendto(peer, QUIC_LIKE + b"2", sock.getsockname())
-            await _until(lambda: len(received) == 2)
-            assert received == [([QUIC_LIKE], VIRTUAL_PEER), ([QUIC_LIKE + b"2"], VIRTUAL_PEER)]
+            for data in (QUIC_LIKE, keepalive, QUIC_LIKE + b"2"):
+                await loop.sock_sendto(stranger, data, sock.getsockname())
+            await _until(lambda: link.ignored >= 2)
+            assert received == []
             # No route yet: what the connection sends is dropped and counted.
             assert link.route == Route.NONE
             link.send([(b"x", VIRTUAL_PEER)])
             assert link.dropped == 1
         finally:
             await link.close()
-            peer.close()
+            stranger.close()
             await server.close()
 
     run(body)
@@ -141,6 +140,18 @@ def test_a_silent_direct_path_is_lost_and_reported() -> None:
         try:
             await asyncio.gather(a.punch(sa), b.punch(sb))
             assert (a.route, b.route) == (Route.DIRECT, Route.DIRECT)
+            # The validated pair carries datagrams to the connection, named by the virtual
+            # address; the same bytes from another socket do not get through.
+            got: list[tuple[list[bytes], object]] = []
+            a.receiver = lambda datagrams, address: got.append((datagrams, address))
+            ignored = a.ignored
+            b.send([(QUIC_LIKE, VIRTUAL_PEER)])
+            stranger = _udp()
+            await loop.sock_sendto(stranger, QUIC_LIKE + b"!", a_sock.getsockname())
+            await _until(lambda: got != [] and a.ignored > ignored)
+            stranger.close()
+            assert got == [([QUIC_LIKE], VIRTUAL_PEER)]
+            assert (a_sock.getsockname(), b_sock.getsockname()) in a.validated
             # Keepalives alone keep both paths alive for several path timeouts.
             await asyncio.sleep(1.0)
             assert (a.route, b.route) == (Route.DIRECT, Route.DIRECT)

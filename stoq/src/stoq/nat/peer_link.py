@@ -19,8 +19,13 @@ Demultiplexing (RFC 7983 / RFC 9443): each datagram on the link's UDP sockets is
 byte and the STUN magic cookie, either STUN — a response to one of the link's own Binding
 transactions (:meth:`PeerLink.binding`, matched by transaction id: server-reflexive discovery
 runs on the very socket QUIC uses), a Binding indication (a keepalive), or a connectivity check
-for the current :class:`~stoq.nat.punch.PunchSession` — or else QUIC, handed to the connection.
-Datagrams relayed by TURN from anyone but the peer's relayed address are dropped.
+for the current :class:`~stoq.nat.punch.PunchSession` — or else QUIC, handed to the
+connection only if it comes from a validated path: the remote address of a pair whose
+connectivity check succeeded, on that pair's socket (ICE's rule that media flows only on
+validated pairs). Anything else is dropped and counted in ``ignored``, so
+no one who merely learns the socket's address can feed the connection (a forged Initial could
+otherwise claim the one connection a :class:`~stoq.endpoint.PeerServer` makes). Datagrams
+relayed by TURN from anyone but the peer's relayed address are dropped too.
 
 Keepalives and liveness (RFC 8445 §11 keepalives, in the spirit of RFC 7675 consent): on a
 direct path the link sends a STUN Binding indication (20-byte header + FINGERPRINT) whenever
@@ -28,7 +33,7 @@ nothing has been sent for ``keepalive`` seconds, which holds the NAT mappings op
 at all arrives from the peer's address for ``path_timeout`` seconds the direct path is declared
 lost (e.g. a NAT rebinding gave one side a new public address): the link falls back to the
 relay at once and calls ``on_path_lost`` so the owner restarts the checks
-(:mod:`stoq.nat.traversal`). A QUIC datagram from a *different* address on the direct socket
+(:mod:`stoq.nat.traversal`). A QUIC datagram from an unvalidated address on the direct socket
 (the peer's mapping changed) calls ``on_path_suspect``.
 """
 
@@ -42,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from stoq.nat import stun
-from stoq.nat.punch import Failed, PunchError, PunchSession, Selected
+from stoq.nat.punch import Failed, PairState, PunchError, PunchSession, Selected
 from stoq.nat.stun import MessageClass, StunError
 from stoq.nat.stun_client import (
     Address,
@@ -134,6 +139,8 @@ class PeerLink:
         self.received = {Route.DIRECT: 0, Route.RELAY: 0}
         self.dropped = 0
         self.ignored = 0
+        #: ``(base, remote)`` of every pair a connectivity check validated (kept across restarts).
+        self.validated: set[tuple[Address, Address]] = set()
         self.add_sockets({self.primary: sock})
         self._tick = self._loop.call_later(self.keepalive / 2, self._on_tick)
 
@@ -274,6 +281,9 @@ class PeerLink:
             return
         for data, destination, base in session.datagrams_to_send():
             self._send_stun(base, data, destination)
+        for pair in session.pairs:
+            if pair.state == PairState.SUCCEEDED:
+                self.validated.add(pair.key)
         result = session.result
         if result is not None and self._punched is not None and not self._punched.done():
             if isinstance(result, Selected):
@@ -305,6 +315,7 @@ class PeerLink:
         for other in [b for b in self._sockets if b != base]:
             self._drop_socket(other)  # the birthday bases that lost
         self.primary = base
+        self.validated.add((base, remote))
         self._direct = (sock, base, remote)
         self._last_rx = self._loop.time()
         self._switch(Route.DIRECT, base, remote, "connectivity checks selected this pair")
@@ -357,9 +368,11 @@ class PeerLink:
         if stun.is_stun(data):
             self._stun(data, source, base)
             return
-        moved = direct is not None and direct[1] == base and not on_path
-        if moved and self.on_path_suspect is not None:
-            self.on_path_suspect(source)
+        if not on_path and (base, source) not in self.validated:
+            self.ignored += 1
+            if direct is not None and direct[1] == base and self.on_path_suspect is not None:
+                self.on_path_suspect(source)  # e.g. the peer's mapping changed
+            return
         self.received[Route.DIRECT] += 1
         self._deliver(data)
 
