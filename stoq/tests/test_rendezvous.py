@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stoq.config import StoqConfig
-from stoq.connection import StoqConnection
+from stoq.connection import StoqConnection, Stream
 from stoq.endpoint import Endpoint, connect
 from stoq.errors import ConnectionLost, StreamClosed
 from stoq.identity import NodeIdentity, PeerPolicy
@@ -294,6 +294,17 @@ async def rendezvous(
         await endpoint.close()
 
 
+async def registered_raw(
+    pki: Pki, identity: NodeIdentity, port: int
+) -> tuple[StoqConnection, Stream]:
+    """A connection and a raw rendezvous stream on it, past the hello and REGISTERED."""
+    connection = await dial(pki, identity, port)
+    raw = await connection.open_stream()
+    await raw.send(HELLO)
+    assert decode_server_message(await raw.receive()) == Registered(identity.peer_id)
+    return connection, raw
+
+
 async def dial(pki: Pki, identity: NodeIdentity, port: int) -> StoqConnection:
     return await connect(pki.config(identity), "127.0.0.1", port, server_name=SERVER_NAME)
 
@@ -395,10 +406,7 @@ def test_malformed_messages_on_a_raw_stream(
     async def main() -> None:
         async with rendezvous(pki, server_identity) as (_, port):
             bob = await join(pki, peers["bob"], port)
-            connection = await dial(pki, peers["alice"], port)
-            raw = await connection.open_stream()
-            await raw.send(HELLO)
-            assert decode_server_message(await raw.receive()) == Registered(alice_id)
+            connection, raw = await registered_raw(pki, peers["alice"], port)
 
             cases = [
                 (b"", 0, "an empty message"),
@@ -433,10 +441,7 @@ def test_a_finished_stream_gets_its_answers_then_unregisters(
     async def main() -> None:
         async with rendezvous(pki, server_identity) as (server, port):
             bob = await join(pki, peers["bob"], port)
-            connection = await dial(pki, peers["alice"], port)
-            raw = await connection.open_stream()
-            await raw.send(HELLO)
-            assert decode_server_message(await raw.receive()) == Registered(alice_id)
+            _, raw = await registered_raw(pki, peers["alice"], port)
             await raw.send(encode_send(Send(9, bob_id, b"last words")), end_stream=True)
             assert decode_server_message(await raw.receive()) == Ack(9)
             with pytest.raises(StreamClosed):

@@ -49,7 +49,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -250,20 +250,28 @@ async def _stun_server(args: argparse.Namespace) -> int:
     server = await StunServer.start(
         args.listen, alternate=args.alternate, software=args.software, rate_limit=rate_limit
     )
+    try:
+        await _until_signalled(f"listening {format_address(a)}" for a in server.addresses)
+    finally:
+        await server.close()
+    return 0
+
+
+async def _until_signalled(lines: Iterable[str]) -> None:
+    """Print ``lines`` (each flushed: a parent process waits for them), then wait for SIGINT or
+    SIGTERM."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     try:
         for signum in signals:
             loop.add_signal_handler(signum, stop.set)
-        for address in server.addresses:
-            print(f"listening {format_address(address)}", flush=True)
+        for line in lines:
+            print(line, flush=True)
         await stop.wait()
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
-        await server.close()
-    return 0
 
 
 def _user_argument(text: str) -> tuple[str, str]:
@@ -293,22 +301,14 @@ async def _turn_server(args: argparse.Namespace) -> int:
         quota=args.quota,
         max_lifetime=args.max_lifetime,
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
+    lines = [
+        *(f"listening {format_address(a)}" for a in server.addresses),
+        *(f"listening tcp {format_address(a)}" for a in server.tcp_addresses),
+        *(f"listening tls {format_address(a)}" for a in server.tls_addresses),
+    ]
     try:
-        for signum in signals:
-            loop.add_signal_handler(signum, stop.set)
-        for address in server.addresses:
-            print(f"listening {format_address(address)}", flush=True)
-        for address in server.tcp_addresses:
-            print(f"listening tcp {format_address(address)}", flush=True)
-        for address in server.tls_addresses:
-            print(f"listening tls {format_address(address)}", flush=True)
-        await stop.wait()
+        await _until_signalled(lines)
     finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
         await server.close()
     return 0
 
@@ -327,18 +327,11 @@ async def _rendezvous(args: argparse.Namespace) -> int:
     except BaseException:
         await endpoint.close()
         raise
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
     try:
-        for signum in signals:
-            loop.add_signal_handler(signum, stop.set)
-        for address in endpoint.addresses:
-            print(f"listening {format_address((str(address[0]), int(address[1])))}", flush=True)
-        await stop.wait()
+        await _until_signalled(
+            f"listening {format_address((str(a[0]), int(a[1])))}" for a in endpoint.addresses
+        )
     finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
         await server.close()
         await endpoint.close()
     return 0
