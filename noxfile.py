@@ -107,8 +107,13 @@ def bench(session: nox.Session) -> None:
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
     install_debian_peers(session)  # coturn, the peer of benchmarks/nat.py
-    session.install("py-fn-dsa>=0.2", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH)
-    scripts = session.posargs or ["crypto", "ca", "ct", "proofs", "ledger", "nat", "stoq"]
+    # aioice: the peer of benchmarks/traversal.py
+    session.install(
+        "py-fn-dsa>=0.2", "aioice>=0.13,<0.14", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH
+    )
+    scripts = session.posargs or [
+        "crypto", "ca", "ct", "proofs", "ledger", "nat", "traversal", "stoq",
+    ]  # fmt: skip
     for script in scripts:
         session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")
 

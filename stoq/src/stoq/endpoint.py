@@ -523,6 +523,7 @@ class PeerServer:
     def _closed(self, connection: StoqConnection) -> None:
         if not self._ready.done():
             self._ready.set_exception(ConnectionLost(0, "the connection closed during handshake"))
+            self._ready.exception()  # reported by accept(); nobody may be waiting
 
     async def accept(self) -> StoqConnection:
         """The connection, once authenticated; :class:`ConnectionLost` if its handshake failed."""
