@@ -362,3 +362,43 @@ def test_mutated_extension_signed_by_the_real_ca_never_crashes(
         event(f"rejected: {exc.reason.name}")
         return
     event(f"trusted: {report.trust_level.name}")
+
+
+def _address_only_ip_subtree(constraints_der: bytes) -> bytes:
+    """A NameConstraints DER whose permitted subtrees are one DNS name and one iPAddress of 4
+    bytes (an address, where RFC 5280 wants address and mask: 8 bytes)."""
+    dns = b"\x82" + bytes([len(NAMESPACE)]) + NAMESPACE.encode()
+    subtrees = [b"\x30" + bytes([len(dns)]) + dns, b"\x30\x06\x87\x04\x0a\x00\x00\x01"]
+    body = b"".join(subtrees)
+    permitted = b"\xa0" + bytes([len(body)]) + body
+    assert constraints_der.startswith(b"\x30")  # a real NameConstraints was there
+    return b"\x30" + bytes([len(permitted)]) + permitted
+
+
+def test_an_address_instead_of_a_network_in_name_constraints_is_malformed() -> None:
+    """cryptography raises TypeError (not ValueError) for such a subtree; validation must
+    still answer with a rejection, never let the TypeError escape."""
+    m = material()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(m.ca.subject)
+        .issuer_name(m.ca.issuer)
+        .serial_number(m.ca.serial_number)
+        .not_valid_before(m.ca.not_valid_before_utc)
+        .not_valid_after(m.ca.not_valid_after_utc)
+    )
+    for extension in m.ca.extensions:
+        if extension.oid in _ALT_EXTENSIONS:
+            continue
+        value: x509.ExtensionType = extension.value
+        if isinstance(value, x509.NameConstraints):
+            value = x509.UnrecognizedExtension(
+                extension.oid, _address_only_ip_subtree(_extension_der(extension))
+            )
+        builder = builder.add_extension(value, critical=extension.critical)
+    ca = hybrid.build_certificate(builder, subject_key=m.ca_key.public_key(), issuer_key=m.root_key)
+    with pytest.raises(TypeError):
+        _ = ca.extensions  # what cryptography does with it
+    with pytest.raises(CertificateRejected) as info:
+        validate([m.leaf, ca], m.store(), at=NOW, purpose=Purpose.SERVER)
+    assert info.value.reason.name == "MALFORMED"

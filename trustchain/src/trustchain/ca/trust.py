@@ -107,6 +107,9 @@ PARSE_ERRORS: Final = (
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
     x509.InvalidVersion,
+    # cryptography raises TypeError for a nameConstraints iPAddress subtree that holds an
+    # address (4 or 16 bytes) instead of an address and mask.
+    TypeError,
 )
 
 #: Extensions whose semantics validation implements (a critical extension outside this set
