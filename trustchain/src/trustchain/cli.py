@@ -16,7 +16,8 @@ Usage (global options come before the command)::
     trustchain [--home DIR] proofs verify BUNDLE [--previous PREV_BUNDLE] [--preset NAME]
     trustchain [--home DIR] proofs stake [--set N]
 
-(``proofs``: see :mod:`trustchain.consensus.proofs.commands`.)
+(``proofs``: see :mod:`trustchain.consensus.proofs.commands`; ``names``, signed name records:
+see :mod:`trustchain.naming.commands`.)
 
 The store lives in ``--home``, else ``$TRUSTCHAIN_HOME``, else ``~/.trustchain``. The passphrase
 comes from ``--passphrase-file`` (one trailing newline is stripped), else
@@ -76,6 +77,7 @@ from trustchain.errors import (
     UnknownAlgorithm,
     WrongPassphrase,
 )
+from trustchain.naming.commands import add_names_commands
 
 _ALGORITHMS: tuple[SignatureAlgorithm | KemAlgorithm, ...] = (*SignatureAlgorithm, *KemAlgorithm)
 
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_command(ca_actions)
     add_ct_commands(commands)
     add_proofs_commands(commands)
+    add_names_commands(commands)
     return parser
 
 

@@ -152,6 +152,7 @@ __all__ = [
     "MAX_PATH_LENGTH",
     "Purpose",
     "ValidationReport",
+    "permitted_by_name_constraints",
     "validate",
     "validate_certificates_response",
     "validation_result_message",
@@ -752,6 +753,42 @@ def _check_name_constraints(constraints: x509.NameConstraints, subject: _Entry) 
                 f"{_show(name)} is outside the permitted subtrees ({allowed})",
                 subject.index,
             )
+
+
+def permitted_by_name_constraints(
+    certificates: Sequence[x509.Certificate], name: x509.GeneralName
+) -> bool:
+    """Whether ``name`` is allowed by the nameConstraints of every certificate in
+    ``certificates`` (typically the CA certificates of a validated path, ``report.path[1:]``).
+
+    The rules are those validation applies to a certificate's names (see "Name constraints"
+    in the module docs): for each constraint that has subtrees of ``name``'s form, ``name``
+    lies in one of its permitted subtrees (when it has any) and in none of its excluded ones.
+    A certificate without nameConstraints, or without subtrees of that form, allows the name
+    (RFC 5280); callers that need a positive grant check that some subtree exists. ``False``
+    for a form validation cannot check (otherName...) that any certificate constrains.
+    :class:`~trustchain.errors.MalformedData` if a certificate's extensions do not decode.
+    """
+    form = type(name)
+    for certificate in certificates:
+        try:
+            extension = certificate.extensions.get_extension_for_class(x509.NameConstraints)
+        except x509.ExtensionNotFound:
+            continue
+        except PARSE_ERRORS as exc:
+            raise MalformedData(f"certificate extensions do not decode: {exc}") from exc
+        constraints = extension.value
+        permitted = [t for t in constraints.permitted_subtrees or () if type(t) is form]
+        excluded = [t for t in constraints.excluded_subtrees or () if type(t) is form]
+        if not permitted and not excluded:
+            continue
+        if not isinstance(name, _SUPPORTED_FORMS):
+            return False
+        if any(_within(name, tree, excluded=True) for tree in excluded):
+            return False
+        if permitted and not any(_within(name, tree, excluded=False) for tree in permitted):
+            return False
+    return True
 
 
 def _show(name: x509.GeneralName) -> str:
