@@ -46,6 +46,9 @@ DEBIAN_PEERS = {
     "ip6tables": "iptables",
     # A TURN/STUN server we did not write, for our clients' interop tests.
     "turnserver": "coturn",
+    # DNS peers: a real DNS server for the resolver's fallback tests, dig against our front-end.
+    "dnsmasq": "dnsmasq",
+    "dig": "bind9-dnsutils",
 }
 LINT_DEPS = ["ruff==0.17.*"]
 TYPECHECK_DEPS = ["mypy==2.4.*", "types-protobuf", "grpc-stubs", "pytest>=8.3", "hypothesis"]
@@ -106,13 +109,13 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, each side by side with a peer in the same run.
 
     Each script rewrites its own section of BENCHMARKS.md (between its markers)."""
-    install_debian_peers(session)  # coturn, the peer of benchmarks/nat.py
+    install_debian_peers(session)  # coturn and dnsmasq, peers of benchmarks/nat.py and dns.py
     # aioice: the peer of benchmarks/traversal.py
     session.install(
         "py-fn-dsa>=0.2", "aioice>=0.13,<0.14", INTERFACES, TRUSTCHAIN, STOQ_ALL, HYPERMESH
     )
     scripts = session.posargs or [
-        "crypto", "ca", "ct", "proofs", "ledger", "nat", "traversal", "stoq",
+        "crypto", "ca", "ct", "proofs", "ledger", "nat", "traversal", "dns", "stoq",
     ]  # fmt: skip
     for script in scripts:
         session.run("python", f"benchmarks/{script}.py", "--update", "BENCHMARKS.md")

@@ -1,5 +1,5 @@
 """The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server``, ``nat-check``,
-``turn-server`` and ``rendezvous``.
+``turn-server``, ``rendezvous``, ``resolve`` and ``dns-server``.
 
 ``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
 from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
@@ -37,6 +37,28 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   arguments runs the rendezvous (signalling) service (:mod:`stoq.nat.rendezvous`) on a STOQ
   endpoint, prints one ``listening HOST:PORT`` line per socket, and runs until SIGINT or SIGTERM
   (then exit status 0).
+* ``stoq resolve [NAME] [--policy P] [--server IP[:PORT] ...] [--zone-file FILE | --home DIR]
+  [--stagger S] [--timeout S] [--json]`` resolves NAME (default ``trust.hypermesh.online``, the
+  bootstrap name) through the resolver chain (:mod:`stoq.dns.resolver`): TrustChain names from
+  a record-set file (``trustchain names export``; each record it refuses is reported on stderr)
+  or a TrustChain home's registry, and DNS (the ``--server`` options, default port 53, or
+  the system's), in the order ``--policy`` says (``trustchain-first``, the default, ``dns-first``,
+  ``trustchain-only``, ``dns-only``). Prints one line per address (IPv6 first) and a ``source:
+  ...`` line (``trustchain ORIGIN (serial N, signer SUBJECT)`` or ``dns IP:PORT (udp|tcp)``,
+  with ``, cached`` when it came from the cache), or with ``--json`` one object
+  (:meth:`stoq.dns.resolver.Answer.to_json`). A name no source has, or no usable DNS answer:
+  a ``stoq: ...`` message on stderr (with ``--json`` also ``{"name", "error", "attempts"}`` on
+  stdout) and exit status 1.
+* ``stoq dns-server --listen HOST:PORT [--listen ...] --zone-file FILE [--trust ROOT.pem ...]
+  [--zone NAME ...]`` serves the TrustChain names of a record-set file (``trustchain names
+  export``) in standard DNS over UDP and TCP on each address (:mod:`stoq.dns.server`; A, AAAA,
+  TXT, SRV, SOA; authoritative only, anything outside its zones REFUSED). Records are verified
+  against the file's own anchors, or only against the ``--trust`` roots; each record refused is
+  reported on stderr as ``refused NAME: REASON: DETAIL``. Zones: the ``--zone`` names, by default
+  the outermost of the records' parent domains. Prints one ``listening HOST:PORT`` (UDP) and one
+  ``listening tcp HOST:PORT`` line per address and runs until SIGINT or SIGTERM (then exit
+  status 0); a zone file that cannot be read or is not a record set: a ``stoq: ...`` message and
+  exit status 1.
 """
 
 from __future__ import annotations
@@ -44,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import signal
 import ssl
@@ -56,9 +79,20 @@ from cryptography import x509
 
 from stoq.config import PATH_MTU, StoqConfig
 from stoq.connection import StoqConnection, Stream
+from stoq.dns.resolver import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_STAGGER,
+    DEFAULT_TIMEOUT,
+    Answer,
+    NameLookup,
+    Policy,
+    RecordSetNames,
+    RegistryNames,
+    Resolver,
+)
 from stoq.endpoint import Endpoint, connect
 from stoq.engine import available_engines
-from stoq.errors import ConnectError, StoqError, StreamClosed
+from stoq.errors import ConnectError, ResolutionError, StoqError, StreamClosed
 from stoq.identity import NodeIdentity, PeerPolicy, load_pem_chain
 from stoq.nat.discovery import discover
 from stoq.nat.rendezvous import DEFAULT_RATE, MAX_PEERS, RendezvousServer
@@ -68,6 +102,8 @@ from stoq.nat.turn_server import MAX_LIFETIME, TurnServer
 from trustchain.ca.trust import TrustAnchor, TrustStore
 from trustchain.cli_common import open_store
 from trustchain.errors import TrustChainError
+from trustchain.naming import commands as names_commands
+from trustchain.naming.commands import registry_path
 
 __all__ = ["main"]
 
@@ -358,6 +394,104 @@ async def _nat_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- resolve --------------------------------------------------------------------------------
+
+
+def _dns_server_argument(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT``; port 53 when none is given."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return (str(ipaddress.ip_address(bare)), 53)
+    except ValueError:
+        pass
+    try:
+        host, port = parse_address(text)
+        return (str(ipaddress.ip_address(host)), port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"bad DNS server {text!r}: expected IP, IP:PORT or [IPv6]:PORT"
+        ) from exc
+
+
+async def _resolve(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        names: NameLookup | None = None
+        if args.zone_file is not None:
+            record_set = RecordSetNames.from_file(args.zone_file)
+            for refused in record_set.rejected:
+                who = refused.name or "a record"
+                print(f"stoq: {args.zone_file}: refused {who}: {refused}", file=sys.stderr)
+            names = record_set
+        elif args.home is not None:
+            # The home's registry, verified against the home's trust (its CA's roots, the roots
+            # it trusts for names, fresh CRLs when $TRUSTCHAIN_PASSPHRASE unlocks its key store),
+            # exactly as `trustchain names` builds it.
+            home_args = argparse.Namespace(home=str(args.home), passphrase_file=None)
+            registry, _trust = stack.enter_context(
+                names_commands.open_home_registry(home_args, args.home)
+            )
+            names = RegistryNames(registry, origin=f"registry {registry_path(args.home)}")
+        resolver = Resolver(
+            Policy(args.policy),
+            names=names,
+            servers=args.server or None,
+            stagger=args.stagger,
+            timeout=args.timeout,
+        )
+        answer = await _resolve_answer(resolver, args)
+    if args.json:
+        _emit(answer.to_json())
+        return 0
+    for address in answer.addresses:
+        print(address)
+    print(f"source: {answer.source}{', cached' if answer.from_cache else ''}", flush=True)
+    return 0
+
+
+async def _resolve_answer(resolver: Resolver, args: argparse.Namespace) -> Answer:
+    try:
+        return await resolver.resolve(args.name)
+    except ResolutionError as exc:
+        if args.json:
+            _emit(
+                {
+                    "name": args.name,
+                    "error": str(exc),
+                    "attempts": [list(attempt) for attempt in exc.attempts],
+                }
+            )
+        raise
+
+
+# --- dns-server -----------------------------------------------------------------------------
+
+
+async def _dns_server(args: argparse.Namespace) -> int:
+    from stoq.dns.server import DnsServer, DnsServerError, load_record_set
+
+    trust: list[x509.Certificate] | None = None
+    if args.trust:
+        trust = []
+        for path in args.trust:
+            try:
+                trust += load_pem_chain(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise DnsServerError(f"cannot read the --trust roots {str(path)!r}: {exc}") from exc
+    loaded = load_record_set(args.zone_file, trust=trust, zones=args.zone or None)
+    for refusal in loaded.refused:
+        print(f"refused {refusal.name or '(unnamed)'}: {refusal}", file=sys.stderr, flush=True)
+    server = await DnsServer.start(args.listen, loaded.authority)
+    lines = [
+        *(f"listening {format_address(a)}" for a in server.addresses),
+        *(f"listening tcp {format_address(a)}" for a in server.addresses),
+    ]
+    try:
+        await _until_signalled(lines)
+    finally:
+        await server.close()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stoq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -510,6 +644,88 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"messages per second per connection (bursts of 2N; default {DEFAULT_RATE:g})",
     )
+    resolve = commands.add_parser(
+        "resolve", help="resolve a name: TrustChain names and DNS, as the policy says"
+    )
+    resolve.add_argument(
+        "name",
+        nargs="?",
+        default=DEFAULT_BOOTSTRAP,
+        help=f"the name to resolve (default {DEFAULT_BOOTSTRAP}, the bootstrap name)",
+    )
+    resolve.add_argument(
+        "--policy",
+        default="trustchain-first",
+        choices=("trustchain-first", "dns-first", "trustchain-only", "dns-only"),
+        help="which sources to ask, in which order (default trustchain-first)",
+    )
+    resolve.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        type=_dns_server_argument,
+        metavar="IP[:PORT]",
+        help="a DNS server, in the order to ask them (repeatable; default: the system's)",
+    )
+    names_source = resolve.add_mutually_exclusive_group()
+    names_source.add_argument(
+        "--zone-file",
+        type=Path,
+        metavar="FILE",
+        help="TrustChain names: a record set written by `trustchain names export`",
+    )
+    names_source.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        help="TrustChain names: the registry of this TrustChain home",
+    )
+    resolve.add_argument(
+        "--stagger",
+        type=float,
+        default=DEFAULT_STAGGER,
+        help=f"seconds before also asking the next DNS server (default {DEFAULT_STAGGER:g})",
+    )
+    resolve.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds the DNS step may take in all (default {DEFAULT_TIMEOUT:g})",
+    )
+    resolve.add_argument("--json", action="store_true", help="one JSON object")
+    dns_server = commands.add_parser(
+        "dns-server", help="serve TrustChain names in standard DNS (UDP and TCP)"
+    )
+    dns_server.add_argument(
+        "--listen",
+        required=True,
+        action="append",
+        type=_address_argument,
+        metavar="HOST:PORT",
+        help="IP address and port for UDP and TCP ([IPv6]:PORT; port 0: any; repeatable)",
+    )
+    dns_server.add_argument(
+        "--zone-file",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the record set to serve, as written by `trustchain names export`",
+    )
+    dns_server.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="ROOT.pem",
+        help="verify records against these roots only, not the file's anchors (repeatable)",
+    )
+    dns_server.add_argument(
+        "--zone",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a zone to be authoritative for (repeatable; default: the records' parent domains)",
+    )
     parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
     return parser
 
@@ -529,6 +745,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_turn_server(args))
         if args.command == "rendezvous":
             return asyncio.run(_rendezvous(args))
+        if args.command == "resolve":
+            return asyncio.run(_resolve(args))
+        if args.command == "dns-server":
+            return asyncio.run(_dns_server(args))
         return _bench(args)
     except KeyboardInterrupt:
         return 130
