@@ -295,7 +295,7 @@ def test_unreachable_address_is_unavailable_and_named(
     assert f"127.0.0.1:{closed_port}" in details
 
 
-def test_missing_address_and_resolution_are_unimplemented(
+def test_missing_address_is_unimplemented_and_unconfigured_sources_fail_precondition(
     network: tuple[NetworkLayerServicer, network_pb2_grpc.NetworkLayerStub],
     node_b: tuple[Node, Endpoint],
 ) -> None:
@@ -309,15 +309,15 @@ def test_missing_address_and_resolution_are_unimplemented(
         )
     code, details = status(info)
     assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "issues 7 and 8" in details
+    assert "without an address is not implemented yet" in details
 
     with pytest.raises(grpc.RpcError) as info:
         stub.ResolveAssetAddress(
             network_pb2.ResolveAssetAddressRequest(asset_id=common_pb2.AssetId(id=b"\x01" * 32))
         )
     code, details = status(info)
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue 8" in details
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no TrustChain name records" in details
 
     # Without a traversal agent (no rendezvous node) there is nothing to traverse with; the
     # working RPC is tested in test_network_layer_traversal.py.

@@ -55,9 +55,10 @@ connection runs over. Errors map to one status each (see :data:`STATUS_OF` and
 :meth:`NetworkLayerServicer.EstablishSecureChannel`).
 ``HandleNatTraversal`` runs the servicer's :class:`~stoq.nat.traversal.TraversalAgent` (given
 as ``traversal``; without one it answers ``FAILED_PRECONDITION``) and reports the path found.
-``ResolveAssetAddress`` needs name resolution (issue 8), and ``EstablishSecureChannel`` without
-an address needs it too (to learn which peer serves what, and to dial by traversal): both answer
-``UNIMPLEMENTED`` and say so.
+``ResolveAssetAddress`` answers from TrustChain name records (``names``) for nodes, whose asset id
+is their node id (other assets arrive in phase 2). ``EstablishSecureChannel`` without an address
+answers ``UNIMPLEMENTED``: dialling a peer by id alone (resolve, then dial or traverse) is not
+wired into it yet.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ import asyncio
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -97,6 +99,7 @@ from trustchain.crypto.channel import SecureChannel
 from trustchain.crypto.handshake import Initiator, Responder
 from trustchain.crypto.signatures import SigningKey, VerifyKey
 from trustchain.errors import HandshakeError, MalformedData, TrustChainError
+from trustchain.naming.records import NameRecord
 from trustchain.security_layer import CHANNEL_KEM
 from trustchain.security_layer import STATUS_OF as SECURITY_STATUS_OF
 
@@ -143,10 +146,6 @@ ERROR_EXPORT_ABANDONED = 0x5312  # initiator: gave up (error, timeout or cancell
 #: Default seconds for one export, either side.
 DEFAULT_EXPORT_TIMEOUT = 30.0
 PEER_ID_SIZE = 32
-
-#: Not implemented yet, and where it will be.
-NAT_TRAVERSAL_ISSUE = 7
-RESOLUTION_ISSUE = 8
 
 
 class ChannelExportRefused(StoqError):
@@ -541,14 +540,6 @@ def _handle(context: grpc.ServicerContext, where: str) -> Iterator[None]:
         context.abort(status_of(error), f"{where}: {type(error).__name__}: {error}")
 
 
-def _not_implemented(what: str, *issues: int) -> _Abort:
-    where = " and ".join(str(issue) for issue in issues)
-    plural = "s" if len(issues) > 1 else ""
-    return _Abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet: issue{plural} {where}"
-    )
-
-
 def _dial_target(address: common_pb2.NetworkAddress) -> tuple[str, int]:
     """Host and port to dial for ``address``; :class:`_Abort` (INVALID_ARGUMENT) if it cannot
     be dialled by STOQ."""
@@ -593,6 +584,16 @@ def _describe_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class NameDirectory(Protocol):
+    """Verified TrustChain name records, e.g. a
+    :class:`~trustchain.naming.registry.NameRegistry`: every name, and each one's current
+    valid record (None when absent, expired or revoked)."""
+
+    def names(self) -> Sequence[str]: ...
+
+    def lookup(self, name: str) -> NameRecord | None: ...
+
+
 class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
     """``NetworkLayer`` over STOQ, exporting channels into ``registry`` (the node's security
     layer).
@@ -624,6 +625,7 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         pool: ConnectionPool | None = None,
         timeout: float = DEFAULT_EXPORT_TIMEOUT,
         traversal: TraversalAgent | None = None,
+        names: NameDirectory | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -638,6 +640,7 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         self._serving: dict[StoqConnection, asyncio.Task[None]] = {}
         # HandleNatTraversal: the agent, and the connections it made (by peer id; loop only).
         self._traversal = traversal
+        self._names = names
         self._traversed: dict[bytes, PeerConnection] = {}
 
     @property
@@ -678,11 +681,10 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
                     f"peer_id.id must be {PEER_ID_SIZE} bytes, got {len(peer_id)}",
                 )
             if not request.HasField("address"):
-                raise _not_implemented(
-                    "finding a peer's address (resolution and NAT traversal) for "
-                    "EstablishSecureChannel without an address",
-                    NAT_TRAVERSAL_ISSUE,
-                    RESOLUTION_ISSUE,
+                raise _Abort(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "EstablishSecureChannel without an address is not implemented yet: "
+                    "resolve the peer first (ResolveAssetAddress) and pass its address",
                 )
             host, port = _dial_target(request.address)
             remaining = context.time_remaining()
@@ -710,9 +712,64 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
         request: network_pb2.ResolveAssetAddressRequest,
         context: grpc.ServicerContext,
     ) -> network_pb2.ResolveAssetAddressResponse:
-        """``UNIMPLEMENTED``: STOQ has no resolver yet (issue 8)."""
+        """Where the node ``request.asset_id`` is served: from the TrustChain name records
+        (``names``, e.g. a :class:`~trustchain.naming.registry.NameRegistry`) whose node id is
+        the asset id. Nodes are the only assets before phase 2, and a node's asset id is its
+        node id (the key id of its identity key).
+
+        ``addresses``: every address of every valid record for that node, as a QUIC endpoint on
+        each ``stoq``/``udp`` service port the record names (a record without one gives no
+        dialable address); origin UNSPECIFIED (the node announced them in a signed record).
+        ``valid_until``: now plus the smallest record TTL, never past a record's ``not_after``.
+
+        Status codes: ``INVALID_ARGUMENT`` for an id that is not 32 bytes;
+        ``FAILED_PRECONDITION`` without a name source; ``NOT_FOUND`` when no valid record names
+        the node, or none gives a dialable address.
+        """
         with _handle(context, "ResolveAssetAddress"):
-            raise _not_implemented("ResolveAssetAddress", RESOLUTION_ISSUE)
+            asset_id = request.asset_id.id
+            if len(asset_id) != PEER_ID_SIZE:
+                raise _Abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"asset_id.id must be {PEER_ID_SIZE} bytes, got {len(asset_id)}",
+                )
+            if self._names is None:
+                raise _Abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "this node has no TrustChain name records to resolve from",
+                )
+            now = datetime.now(UTC)
+            records = [
+                record
+                for name in self._names.names()
+                if (record := self._names.lookup(name)) is not None
+                and record.node_id == asset_id
+            ]  # fmt: skip
+            if not records:
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND, f"no valid name record for node {asset_id.hex()}"
+                )
+            addresses = [
+                common_pb2.PublicAddress(address=_network_address(ip, service.port))
+                for record in records
+                for service in record.services
+                if (service.service, service.protocol) == ("stoq", "udp")
+                for ip in record.addresses
+            ]  # fmt: skip
+            if not addresses:
+                names = ", ".join(sorted(r.name for r in records))
+                raise _Abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"the records of node {asset_id.hex()} ({names}) name no stoq/udp service",
+                )
+            until = min(min(now + timedelta(seconds=r.ttl), r.not_after) for r in records)
+            response = network_pb2.ResolveAssetAddressResponse(
+                asset_id=request.asset_id,
+                node_id=common_pb2.PeerId(id=asset_id),
+                addresses=addresses,
+            )
+            response.valid_until.FromDatetime(until)
+            return response
         raise AssertionError("unreachable: _handle aborts")  # pragma: no cover
 
     def HandleNatTraversal(
