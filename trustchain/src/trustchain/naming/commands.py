@@ -66,6 +66,8 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -125,6 +127,36 @@ Handler = Callable[[argparse.Namespace, Path], int]
 class NamesCliError(NamingError):
     """A failure specific to the ``names`` command line (an unusable signer file, a signer
     certificate that has expired)."""
+
+
+def _signers_path(home: Path) -> Path:
+    """Which signer PREFIX ``names add`` used for each name on this home (local bookkeeping,
+    never exported: a JSON object NAME -> absolute PREFIX)."""
+    return home / NAMES_DIRNAME / "signers.json"
+
+
+def _remember_signer(home: Path, name: str, prefix: str) -> None:
+    path = _signers_path(home)
+    known = _known_signers(home)
+    known[name] = str(Path(prefix).resolve())
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(known, indent=1, sort_keys=True))
+    os.replace(partial, path)  # readers see the old file or the new one, never half of one
+
+
+def _known_signers(home: Path) -> dict[str, str]:
+    path = _signers_path(home)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise NamesCliError(f"{path} is unreadable: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise NamesCliError(f"{path} is not a JSON object of names to prefixes")
+    return data
 
 
 def registry_path(home: Path) -> Path:
@@ -316,6 +348,7 @@ def cmd_add(args: argparse.Namespace, home: Path) -> int:
             not_after=not_after,
         )
         registry.add(sign_record(record, key, chain), at=now)
+    _remember_signer(home, record.name, args.signer)
     note(
         f"added {record.name} serial {record.serial}: {', '.join(record.addresses)}, valid "
         f"until {record.not_after.isoformat()}"
@@ -325,9 +358,17 @@ def cmd_add(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace, home: Path) -> int:
-    """``names revoke NAME --signer PREFIX [--serial N]``."""
+    """``names revoke NAME [--signer PREFIX] [--serial N]`` (default signer: the one
+    ``names add`` used for NAME on this home)."""
     name = normalize_name(args.name)
-    key, chain = _signer(args.signer)
+    prefix = args.signer
+    if prefix is None:
+        prefix = _known_signers(home).get(name)
+        if prefix is None:
+            raise NamesCliError(
+                f"no --signer given, and {name} was not added on this home: give --signer PREFIX"
+            )
+    key, chain = _signer(prefix)
     now = _now()
     with open_home_registry(args, home) as (registry, _):
         serial = args.serial
@@ -547,7 +588,9 @@ def add_names_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p = add("revoke", cmd_revoke, "revoke every record of a name up to a serial")
     p.add_argument("name", metavar="NAME")
     p.add_argument(
-        "--signer", required=True, metavar="PREFIX", help="PREFIX.pem, PREFIX.hybrid.key"
+        "--signer",
+        metavar="PREFIX",
+        help="PREFIX.pem, PREFIX.hybrid.key (default: the signer `names add` used here)",
     )
     p.add_argument("--serial", type=_count(1, 2**63 - 1), metavar="N", help="default: current")
 
