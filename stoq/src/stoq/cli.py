@@ -1,5 +1,5 @@
 """The ``stoq`` command: ``serve``, ``connect``, ``bench``, ``stun-server``, ``nat-check``,
-``turn-server``, ``rendezvous``, ``resolve`` and ``dns-server``.
+``turn-server``, ``rendezvous``, ``resolve``, ``dns-server`` and ``names-pull``.
 
 ``serve`` and ``connect`` need a node identity: a TrustChain key store (``--home``, passphrase
 from ``$TRUSTCHAIN_PASSPHRASE`` or ``--passphrase-file``), the key's name (``--key``) and its
@@ -59,6 +59,17 @@ optionally CRLs (``--crl``, PEM or DER) and accepted namespaces (``--namespace``
   ``listening tcp HOST:PORT`` line per address and runs until SIGINT or SIGTERM (then exit
   status 0); a zone file that cannot be read or is not a record set: a ``stoq: ...`` message and
   exit status 1.
+* ``stoq names-pull HOST [HOST...] --port P`` plus the identity arguments (``--home`` is also
+  the TrustChain home whose name registry, ``HOME/names/names.db``, receives the records)
+  ``[--server-name NAME] [--attempt-delay S] [--timeout S]`` connects as ``stoq connect`` does,
+  pulls the peer's signed name records and revocations over the connection
+  (:mod:`stoq.dns.replication`) and merges them into the home's registry, verified against the
+  home's trust exactly as ``trustchain names import`` does (the peer's anchors are not used).
+  Prints what ``names import`` prints: ``revoked NAME through serial N``, ``accepted NAME
+  serial N`` and ``refused NAME serial N: REASON: detail`` lines, then ``A accepted, R revoked,
+  U unchanged, F refused``; exit status 1 if anything was refused. ``--timeout`` bounds the
+  connect and, again, the pull. A failed connect, a refusal by the peer (its reason), a
+  malformed answer or a home without trust anchors: a ``stoq: ...`` message and exit status 1.
 """
 
 from __future__ import annotations
@@ -100,7 +111,7 @@ from stoq.nat.stun_client import format_address, parse_address
 from stoq.nat.stun_server import DEFAULT_SOFTWARE, RateLimit, StunServer
 from stoq.nat.turn_server import MAX_LIFETIME, TurnServer
 from trustchain.ca.trust import TrustAnchor, TrustStore
-from trustchain.cli_common import open_store
+from trustchain.cli_common import home_dir, open_store
 from trustchain.errors import TrustChainError
 from trustchain.naming import commands as names_commands
 from trustchain.naming.commands import registry_path
@@ -492,6 +503,49 @@ async def _dns_server(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- names-pull -----------------------------------------------------------------------------
+
+
+async def _names_pull(args: argparse.Namespace) -> int:
+    from stoq.dns.replication import NamesPullError, pull_names
+
+    home = home_dir(args)
+    config = _config(
+        args, attempt_delay=args.attempt_delay, connect_timeout=args.timeout, keepalive=None
+    )
+    hosts: str | list[str] = args.hosts[0] if len(args.hosts) == 1 else list(args.hosts)
+    with names_commands.open_home_registry(args, home) as (registry, _trust):
+        connection = await connect(config, hosts, args.port, server_name=args.server_name)
+        try:
+            host, port = connection.remote_address
+            print(
+                f"stoq: pulling names from {connection.peer.name} at "
+                f"{format_address((host, port))}",
+                file=sys.stderr,
+            )
+            async with asyncio.timeout(args.timeout):
+                report = await pull_names(connection, registry)
+        except TimeoutError:
+            raise NamesPullError(f"the names pull took longer than {args.timeout:g} s") from None
+        finally:
+            await connection.close(0, "done")
+    for revocation in report.revoked:
+        print(f"revoked {revocation.name} through serial {revocation.serial}")
+    for record in report.accepted:
+        print(f"accepted {record.name} serial {record.serial}")
+    for rejection in report.refused:
+        who = rejection.name or "(undecodable)"
+        if rejection.serial is not None:
+            who = f"{who} serial {rejection.serial}"
+        print(f"refused {who}: {rejection}")
+    print(
+        f"{len(report.accepted)} accepted, {len(report.revoked)} revoked, "
+        f"{report.unchanged} unchanged, {len(report.refused)} refused",
+        flush=True,
+    )
+    return 1 if report.refused else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stoq", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -726,6 +780,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a zone to be authoritative for (repeatable; default: the records' parent domains)",
     )
+    pull = commands.add_parser(
+        "names-pull",
+        help="pull a peer's signed name records over STOQ into this home's registry",
+    )
+    _identity_arguments(pull)
+    pull.add_argument("hosts", nargs="+", help="the peer's host name(s) or address(es)")
+    pull.add_argument("--port", type=int, required=True)
+    pull.add_argument("--server-name", help="name the peer's certificate must carry")
+    pull.add_argument("--attempt-delay", type=float, default=0.25)
+    pull.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds for the connect, and again for the pull (default 30)",
+    )
     parser.epilog = f"QUIC engines installed: {', '.join(available_engines())}"
     return parser
 
@@ -749,6 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_resolve(args))
         if args.command == "dns-server":
             return asyncio.run(_dns_server(args))
+        if args.command == "names-pull":
+            return asyncio.run(_names_pull(args))
         return _bench(args)
     except KeyboardInterrupt:
         return 130

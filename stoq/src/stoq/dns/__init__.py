@@ -6,6 +6,10 @@
   shell on UDP and TCP (``stoq dns-server``).
 * :mod:`stoq.dns.resolver` — the resolver chain (TrustChain names, then or before traditional
   DNS, by policy; ``stoq resolve``).
+* :mod:`stoq.dns.cache` — the TTL cache (positive and negative entries) the resolver uses.
+* :mod:`stoq.dns.replication` — name records replicated between nodes: a node pulls a peer's
+  record set over an authenticated STOQ connection and merges it, verifying every record with
+  its own trust (``stoq names-pull``).
 
 The package imports neither module itself: each pulls in only what it needs.
 """
