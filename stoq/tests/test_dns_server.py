@@ -1062,3 +1062,41 @@ def test_cli_dns_server_answers_dig_and_reports_refusals(
     assert "refused old.bank.hypermesh: EXPIRED: the record expired at" in stderr
     assert "refused gone.bank.hypermesh: REVOKED: gone.bank.hypermesh serial 2 is revoked" in stderr
     assert "refused altered.bank.hypermesh: BAD_SIGNATURE: " in stderr
+
+
+def test_repeated_queries_reuse_the_answer_with_their_own_id() -> None:
+    """Without ``now``, the answer to a query is kept for a second and served again for the
+    same query bytes under another ID; it is the answer the uncached path gives."""
+    live = Authority(
+        {
+            r.name: r
+            for r in (
+                record(NODE2, "192.0.2.7", not_before=datetime.now(UTC) - timedelta(days=1),
+                       not_after=datetime.now(UTC) + timedelta(days=1), ttl=60),
+            )
+        }
+    )  # fmt: skip
+    first = dns.message.make_query(NODE2, "A")
+    first.id = 1
+    second = dns.message.make_query(NODE2, "A")
+    second.id = 2
+    one = live.answer(first.to_wire(), transport="udp")
+    two = live.answer(second.to_wire(), transport="udp")
+    assert one is not None
+    assert two is not None
+    assert one[:2] == b"\x00\x01"
+    assert two[:2] == b"\x00\x02"
+    assert one[2:] == two[2:]
+    fresh = live.answer(second.to_wire(), transport="udp", now=datetime.now(UTC))
+    assert fresh == two
+    # Another question, or another transport, is another answer.
+    other = dns.message.make_query(NODE2, "AAAA")
+    other.id = 2
+    answered = live.answer(other.to_wire(), transport="udp")
+    assert answered is not None
+    assert dns.message.from_wire(answered).answer == []
+    over_tcp = live.answer(second.to_wire(), transport="tcp")
+    assert over_tcp is not None
+    assert dns.message.from_wire(over_tcp).answer == dns.message.from_wire(two).answer
+    # Garbage is never cached as an answer.
+    assert live.answer(b"\x00\x01\x00", transport="udp") is None

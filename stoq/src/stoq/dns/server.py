@@ -75,12 +75,14 @@ closes, or when a message gets no answer (``None``: unreadable); beyond
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,6 +116,8 @@ from trustchain.naming.records import NameRecord, NameRecordRejected
 from trustchain.naming.zone import decode_record_set, verified_names
 
 __all__ = [
+    "ANSWER_CACHE_SECONDS",
+    "ANSWER_CACHE_SIZE",
     "DEFAULT_TTL",
     "EDNS_PAYLOAD",
     "MAX_TCP_CONNECTIONS",
@@ -131,6 +135,9 @@ log = logging.getLogger(__name__)
 
 #: TTL of the SOA of a zone that holds no records.
 DEFAULT_TTL = 300
+#: Seconds an answer is reused for a repeat of its query, and how many are kept.
+ANSWER_CACHE_SECONDS = 1.0
+ANSWER_CACHE_SIZE = 4096
 #: The EDNS UDP payload advertised and, by default, the largest UDP answer (RFC 9715's advice).
 EDNS_PAYLOAD = 1232
 #: The largest UDP answer to a query without EDNS (RFC 1035 §4.2.1).
@@ -265,6 +272,10 @@ class Authority:
             apexes = {_dns_name(zone, "zone") for zone in zones}
         self._apexes = sorted(apexes, key=len, reverse=True)  # closest (longest) first
         self._entries = entries
+        #: Recent answers by (transport, UDP limit, query without its id): see :meth:`answer`.
+        self._answers: collections.OrderedDict[tuple[str, int, bytes], tuple[float, bytes]] = (
+            collections.OrderedDict()
+        )
         #: SRV owner name -> (the record's entry, its SRV rdatas)
         self._srv: dict[dns.name.Name, tuple[_Entry, tuple[dns.rdata.Rdata, ...]]] = {}
         #: every existing non-apex name -> the entries that make it exist
@@ -353,9 +364,35 @@ class Authority:
     ) -> bytes | None:
         """The response to the DNS message ``query_wire`` received over ``transport``, or
         ``None`` to send nothing. Whatever the bytes, it returns; ``now`` (default: the current
-        time, timezone-aware) decides which records are live and their TTLs."""
+        time, timezone-aware) decides which records are live and their TTLs.
+
+        Without ``now``, an answer is kept for :data:`ANSWER_CACHE_SECONDS` under everything
+        the answer depends on but the time (the transport, the UDP limit and the query's bytes
+        but its ID), and a repeat of the same query gets it with its own ID: most of the cost
+        of an answer is building it with dnspython. So an answer may be up to that long behind
+        the clock (a record that just expired, a TTL one second high). At most
+        :data:`ANSWER_CACHE_SIZE` answers are kept (least recently used go first)."""
         if transport not in ("udp", "tcp"):
             raise DnsServerError(f"unknown transport {transport!r}: expected 'udp' or 'tcp'")
+        if now is not None or len(query_wire) < _HEADER.size:
+            return self._answer(query_wire, transport, max_udp, now)
+        key = (transport, max_udp, query_wire[2:])
+        clock = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > clock:
+            self._answers.move_to_end(key)
+            return query_wire[:2] + cached[1]
+        answer = self._answer(query_wire, transport, max_udp, None)
+        if answer is not None:
+            self._answers[key] = (clock + ANSWER_CACHE_SECONDS, answer[2:])
+            self._answers.move_to_end(key)
+            while len(self._answers) > ANSWER_CACHE_SIZE:
+                self._answers.popitem(last=False)
+        return answer
+
+    def _answer(
+        self, query_wire: bytes, transport: Transport, max_udp: int, now: datetime | None
+    ) -> bytes | None:
         if len(query_wire) < _HEADER.size:
             return None
         query_id, flags, qdcount, _, _, _ = _HEADER.unpack_from(query_wire)
