@@ -90,14 +90,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-import aioice
-import aioice.ice
 from benchlib import MS, machine, ms, update_section
 
-# This directory holds stoq.py (the STOQ benchmark): first on sys.path, it would shadow the
-# stoq package. Drop it (benchlib is already imported).
+# This directory holds stoq.py and dns.py (benchmarks): first on sys.path, they would shadow the
+# stoq package and dnspython's dns (which aioice imports). Drop it (benchlib is imported).
 _HERE = os.path.realpath(os.path.dirname(__file__))
 sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or ".") != _HERE]
+
+import aioice  # noqa: E402
+import aioice.ice  # noqa: E402
 
 from stoq.benchmark import BenchmarkFailed  # noqa: E402
 from stoq.config import StoqConfig  # noqa: E402
