@@ -24,7 +24,7 @@ from stoq import engine as eng
 from stoq.config import PATH_MTU, StoqConfig
 from stoq.connection import StoqConnection
 from stoq.errors import ConnectError, ConnectionLost, PeerRejected
-from stoq.happy_eyeballs import ResolvedAddress, race
+from stoq.happy_eyeballs import ResolvedAddress, Resolver, race
 from stoq.session import ERROR_PEER_REJECTED
 from stoq.udp import Address, Batch, BatchSocket, DatagramSender, open_socket
 
@@ -366,11 +366,14 @@ async def connect(
     port: int,
     *,
     server_name: str | None = None,
+    resolver: Resolver | None = None,
 ) -> StoqConnection:
     """Connect to ``host`` (a name, an address, or several) and authenticate the peer.
 
-    A name is resolved (AAAA and A at once) and also becomes the name the server's certificate
-    must carry unless ``server_name`` says otherwise. Attempts race per RFC 8305 with
+    A name is resolved (AAAA and A at once) by ``resolver`` (default: the system's; e.g.
+    :class:`stoq.dns.resolver.HappyEyeballsResolver` for TrustChain names and DNS by policy)
+    and also becomes the name the server's certificate must carry unless ``server_name`` says
+    otherwise. Attempts race per RFC 8305 with
     ``config.attempt_delay`` between starts; the first connection whose post-quantum session
     completes wins and the others are closed. :class:`ConnectError` names every address tried
     and why it failed; :class:`PeerRejected` when the only reachable peers were refused.
@@ -397,6 +400,7 @@ async def connect(
             attempt,
             attempt_delay=config.attempt_delay,
             resolution_delay=config.resolution_delay,
+            resolver=resolver,
         )
     except ConnectError:
         if rejections:

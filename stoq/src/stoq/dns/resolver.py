@@ -113,6 +113,7 @@ __all__ = [
     "DnsServersFailed",
     "DnsSource",
     "DnsTimeout",
+    "HappyEyeballsResolver",
     "InvalidName",
     "NameLookup",
     "NameNotFound",
@@ -1005,3 +1006,28 @@ def _services_of(rrset: dns.rrset.RRset, name: str) -> list[Service]:
                 )
             )
     return services
+
+
+class HappyEyeballsResolver:
+    """A :class:`Resolver` in the shape :func:`stoq.endpoint.connect` (Happy Eyeballs) asks
+    for: ``resolve(host, port, family)`` -> the addresses of one family.
+
+    Happy Eyeballs asks for AAAA and A at once; both questions share one
+    :meth:`Resolver.resolve` of the name (which asks A and AAAA together, or answers from
+    TrustChain), so the name is resolved once per connect.
+    """
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+        self._pending: dict[str, asyncio.Future[Answer]] = {}
+
+    async def resolve(self, host: str, port: int, family: socket.AddressFamily) -> list[str]:
+        name = normalize_name(host)
+        pending = self._pending.get(name)
+        if pending is None:
+            pending = asyncio.ensure_future(self.resolver.resolve(name))
+            self._pending[name] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(name, None))
+        answer = await asyncio.shield(pending)
+        version = 6 if family == socket.AF_INET6 else 4
+        return [a for a in answer.addresses if ipaddress.ip_address(a).version == version]
