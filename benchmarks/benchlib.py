@@ -11,13 +11,16 @@ import math
 import os
 import platform
 import re
+import signal
 import socket
 import sqlite3
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def rate(fn: Callable[[], object], seconds: float, repeats: int) -> float:
@@ -128,3 +131,16 @@ def ms(value: float) -> str:
     if value >= 1:
         return f"{value:.2f}"
     return f"{value:.3g}"
+
+
+def stop_process(process: subprocess.Popen[Any], what: str) -> None:
+    """SIGTERM ``process`` (a server the benchmark started); it must exit within 10 s, else it
+    is killed and :class:`RuntimeError` says so."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"{what} did not exit within 10 s of SIGTERM") from None

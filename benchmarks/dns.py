@@ -93,7 +93,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -105,7 +104,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import MS, machine, ms, rate, update_section
+from benchlib import MS, machine, ms, rate, stop_process, update_section
 
 # This directory holds this script, dns.py, and stoq.py (the STOQ benchmark): first on sys.path,
 # they would shadow the dns (dnspython) and stoq packages. Drop it (benchlib is already imported).
@@ -271,18 +270,6 @@ def free_port() -> int:
     raise BenchmarkError("no port free for both UDP and TCP on 127.0.0.1")
 
 
-def stop(process: subprocess.Popen[Any], what: str) -> None:
-    """SIGTERM ``process``; SIGKILL if it has not exited within 10 s (an error then)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise BenchmarkError(f"{what} did not exit within 10 s of SIGTERM") from None
-
-
 @dataclass(frozen=True)
 class Server:
     """A running DNS server: what it is, where it listens, its process, how long it took to
@@ -319,7 +306,7 @@ def our_server(zone: Zone, work: Path) -> Iterator[Server]:
         host, port = line[1].rsplit(":", 1)
         yield Server("ours (`stoq dns-server`)", (host, int(port)), process, ready)
     finally:
-        stop(process, "stoq dns-server")
+        stop_process(process, "stoq dns-server")
         errors = log_path.read_text(errors="replace").strip()
         if process.returncode != 0:
             raise BenchmarkError(f"stoq dns-server exited with {process.returncode}: {errors}")
@@ -369,7 +356,7 @@ def dnsmasq(binary: str, zone: Zone, work: Path) -> Iterator[Server]:
                 yield Server(version, (LOOPBACK, port), process, ready)
                 return
         finally:
-            stop(process, "dnsmasq")
+            stop_process(process, "dnsmasq")
     raise BenchmarkError(f"dnsmasq did not start: {log_path.read_text(errors='replace')}")
 
 

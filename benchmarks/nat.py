@@ -49,7 +49,6 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from benchlib import MS, Stats, machine, ms, update_section
+from benchlib import MS, Stats, machine, ms, stop_process, update_section
 
 # This directory holds stoq.py (the STOQ benchmark): first on sys.path, it would shadow the
 # stoq package. Drop it (benchlib is already imported).
@@ -146,18 +145,6 @@ def read_line(stream: IO[str], what: str) -> str:
     return line.strip()
 
 
-def stop(process: subprocess.Popen[Any], what: str) -> None:
-    """SIGTERM ``process``; it must exit within 10 s."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise SystemExit(f"{what} did not exit within 10 s of SIGTERM") from None
-
-
 @dataclass(frozen=True)
 class Received:
     """What the receiver counted between a reset and a report."""
@@ -209,7 +196,7 @@ class Receiver:
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            stop(self.process, "the receiver")
+            stop_process(self.process, "the receiver")
         if self.process.returncode != 0:
             raise SystemExit(f"the receiver exited with status {self.process.returncode}")
 
@@ -291,7 +278,7 @@ def our_server() -> Iterator[Server]:
         host, port = address.rsplit(":", 1)
         yield Server("ours (`stoq turn-server`)", (host, int(port)), process)
     finally:
-        stop(process, "stoq turn-server")
+        stop_process(process, "stoq turn-server")
         if process.returncode != 0:
             raise SystemExit(f"stoq turn-server exited with status {process.returncode}")
 
@@ -328,7 +315,7 @@ def coturn(turnserver: str, work: Path) -> Iterator[Server]:
     try:
         yield Server(f"coturn {coturn_version(turnserver)}", (LOOPBACK, port), process)
     finally:
-        stop(process, "coturn")
+        stop_process(process, "coturn")
 
 
 async def wait_ready(server: Server) -> None:
