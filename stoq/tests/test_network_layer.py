@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,6 +54,8 @@ from stoq.network_layer import (
 from trustchain.crypto.handshake import Initiator
 from trustchain.crypto.keystore import INSECURE_TEST_KDF_PARAMS, KeyStore
 from trustchain.crypto.signatures import SigningKey, VerifyKey
+from trustchain.naming.records import NameRecord, ServiceEndpoint, sign_record
+from trustchain.naming.registry import NameRegistry
 from trustchain.security_layer import CHANNEL_KEM, SecurityLayerServicer
 from trustchain.security_layer import serve as serve_security
 
@@ -212,6 +215,68 @@ def test_established_channel_is_served_by_both_security_layers(
     )
 
 
+def test_without_an_address_the_peer_is_found_by_its_signed_name_record(
+    pki: Pki,
+    node_a: Node,
+    node_b: tuple[Node, Endpoint],
+    tmp_path: Path,
+) -> None:
+    """B's TrustChain record (signed by a certificate of its namespace) says where B is; A's
+    servicer, given the registry, dials there, and the channel works both ways."""
+    b, endpoint = node_b
+    signer = pki.node(SERVER_NAME)
+    now = datetime.now(UTC)
+    record = NameRecord(
+        SERVER_NAME,
+        b.identity.peer_id,
+        ("127.0.0.1",),
+        (ServiceEndpoint("stoq", "udp", endpoint.port),),
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(hours=1),
+    )
+    with NameRegistry.open(tmp_path / "names.db", pki.trust_store()) as registry:
+        registry.add(sign_record(record, signer.signing_key, signer.chain))
+        servicer = NetworkLayerServicer(node_a.config, node_a.security, node_a.loop.loop,
+                                        names=registry)  # fmt: skip
+        server, port = serve(servicer)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = network_pb2_grpc.NetworkLayerStub(channel)
+                response = stub.EstablishSecureChannel(
+                    network_pb2.EstablishSecureChannelRequest(
+                        peer_id=common_pb2.PeerId(id=b.identity.peer_id)
+                    ),
+                    timeout=30,
+                )
+                assert response.channel.peer_id.id == b.identity.peer_id
+                assert response.remote_address == quic_address("127.0.0.1", endpoint.port)
+                sealed = node_a.security_stub.EncryptTransport(
+                    security_pb2.EncryptTransportRequest(
+                        channel_id=response.channel.channel_id, plaintext=b"found by name"
+                    )
+                )
+                opened = b.security_stub.DecryptTransport(
+                    security_pb2.DecryptTransportRequest(
+                        channel_id=response.channel.channel_id, record=sealed.record
+                    )
+                )
+                assert opened.plaintext == b"found by name"
+                # A peer no record names: NOT_FOUND, with the node id.
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.EstablishSecureChannel(
+                        network_pb2.EstablishSecureChannelRequest(
+                            peer_id=common_pb2.PeerId(id=b"\x09" * 32)
+                        ),
+                        timeout=30,
+                    )
+                code, details = status(info)
+                assert code == grpc.StatusCode.NOT_FOUND
+                assert ("09" * 32) in details
+        finally:
+            server.stop(grace=None)
+            servicer.close()
+
+
 def test_each_call_exports_a_new_channel_over_the_pooled_connection(
     network: tuple[NetworkLayerServicer, network_pb2_grpc.NetworkLayerStub],
     node_a: Node,
@@ -295,7 +360,7 @@ def test_unreachable_address_is_unavailable_and_named(
     assert f"127.0.0.1:{closed_port}" in details
 
 
-def test_missing_address_is_unimplemented_and_unconfigured_sources_fail_precondition(
+def test_without_name_records_or_an_agent_the_lookups_fail_precondition(
     network: tuple[NetworkLayerServicer, network_pb2_grpc.NetworkLayerStub],
     node_b: tuple[Node, Endpoint],
 ) -> None:
@@ -308,8 +373,8 @@ def test_missing_address_is_unimplemented_and_unconfigured_sources_fail_precondi
             )
         )
     code, details = status(info)
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "without an address is not implemented yet" in details
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no TrustChain name records" in details
 
     with pytest.raises(grpc.RpcError) as info:
         stub.ResolveAssetAddress(

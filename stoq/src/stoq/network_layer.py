@@ -56,9 +56,9 @@ connection runs over. Errors map to one status each (see :data:`STATUS_OF` and
 ``HandleNatTraversal`` runs the servicer's :class:`~stoq.nat.traversal.TraversalAgent` (given
 as ``traversal``; without one it answers ``FAILED_PRECONDITION``) and reports the path found.
 ``ResolveAssetAddress`` answers from TrustChain name records (``names``) for nodes, whose asset id
-is their node id (other assets arrive in phase 2). ``EstablishSecureChannel`` without an address
-answers ``UNIMPLEMENTED``: dialling a peer by id alone (resolve, then dial or traverse) is not
-wired into it yet.
+is their node id (other assets arrive in phase 2); ``EstablishSecureChannel`` without an
+address dials the peer where those records say. Reaching a peer behind NAT by id is
+``HandleNatTraversal``'s; exporting a channel over such a connection is not wired yet.
 """
 
 from __future__ import annotations
@@ -659,11 +659,16 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
 
         A pooled connection to that peer is reused wherever it runs (``remote_address`` says
         where); otherwise the address is dialled and the peer STOQ authenticates there must be
-        ``peer_id``.
+        ``peer_id``. Without an address, the peer's TrustChain name records (``names``) say
+        where: the first record (by name) naming the peer with a ``stoq``/``udp`` service, all
+        its addresses raced (Happy Eyeballs) on that port, the record's name the one the peer's
+        certificate must carry.
 
         Status codes: ``INVALID_ARGUMENT`` for a peer id that is not 32 bytes or an address
         STOQ cannot dial (not QUIC, bad IP length, port 0, unspecified or multicast IP);
-        ``UNIMPLEMENTED`` without an address; ``UNAVAILABLE`` when nothing answers at the
+        without an address, ``FAILED_PRECONDITION`` when the servicer has no name records and
+        ``NOT_FOUND`` when none names the peer with a stoq/udp service; ``UNAVAILABLE`` when
+        nothing answers at the
         address (the details name every address tried) or the connection breaks;
         ``PERMISSION_DENIED`` when the node there authenticates as another peer, or either side
         refuses the other's certificate or identity proof (a wrong peer id is the caller asking
@@ -680,27 +685,29 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"peer_id.id must be {PEER_ID_SIZE} bytes, got {len(peer_id)}",
                 )
-            if not request.HasField("address"):
-                raise _Abort(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    "EstablishSecureChannel without an address is not implemented yet: "
-                    "resolve the peer first (ResolveAssetAddress) and pass its address",
-                )
-            host, port = _dial_target(request.address)
+            server_name: str | None = None
+            hosts: str | list[str]
+            if request.HasField("address"):
+                hosts, port = _dial_target(request.address)
+                where = _describe_address(hosts, port)
+            else:
+                record, port = self._dialable_record(peer_id)
+                hosts, server_name = list(record.addresses), record.name
+                where = f"{record.name} ({', '.join(hosts)}) port {port}"
             remaining = context.time_remaining()
             timeout = self._timeout if remaining is None else min(self._timeout, remaining)
             try:
-                channel, remote = self._run(self._establish(peer_id, host, port), timeout)
+                channel, remote = self._run(
+                    self._establish(peer_id, hosts, port, server_name), timeout
+                )
             except TimeoutError:
                 raise _Abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no channel with the peer at {_describe_address(host, port)} "
-                    f"within {timeout:.3g} s",
+                    f"no channel with the peer at {where} within {timeout:.3g} s",
                 ) from None
             except ConnectError as exc:
                 raise _Abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"could not reach the peer at {_describe_address(host, port)}: {exc}",
+                    grpc.StatusCode.UNAVAILABLE, f"could not reach the peer at {where}: {exc}"
                 ) from exc
             return network_pb2.EstablishSecureChannelResponse(
                 channel=channel, remote_address=_network_address(*remote)
@@ -733,18 +740,8 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"asset_id.id must be {PEER_ID_SIZE} bytes, got {len(asset_id)}",
                 )
-            if self._names is None:
-                raise _Abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "this node has no TrustChain name records to resolve from",
-                )
             now = datetime.now(UTC)
-            records = [
-                record
-                for name in self._names.names()
-                if (record := self._names.lookup(name)) is not None
-                and record.node_id == asset_id
-            ]  # fmt: skip
+            records = self._node_records(asset_id)
             if not records:
                 raise _Abort(
                     grpc.StatusCode.NOT_FOUND, f"no valid name record for node {asset_id.hex()}"
@@ -888,13 +885,50 @@ class NetworkLayerServicer(network_pb2_grpc.NetworkLayerServicer):
             raise TraversalFailed(f"the link to the peer has no path ({link.route})")
         return network_pb2.HandleNatTraversalResponse(local=local, remote=far)
 
+    def _node_records(self, node_id: bytes) -> list[NameRecord]:
+        """The valid TrustChain name records naming ``node_id``, by name."""
+        if self._names is None:
+            raise _Abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this node has no TrustChain name records to resolve from",
+            )
+        return sorted(
+            (
+                record
+                for name in self._names.names()
+                if (record := self._names.lookup(name)) is not None and record.node_id == node_id
+            ),
+            key=lambda record: record.name,
+        )
+
+    def _dialable_record(self, node_id: bytes) -> tuple[NameRecord, int]:
+        """The first record (by name) of ``node_id`` with a stoq/udp service, and its port."""
+        records = self._node_records(node_id)
+        for record in records:
+            for service in record.services:
+                if (service.service, service.protocol) == ("stoq", "udp"):
+                    return record, service.port
+        if not records:
+            raise _Abort(
+                grpc.StatusCode.NOT_FOUND, f"no valid name record for node {node_id.hex()}"
+            )
+        names = ", ".join(record.name for record in records)
+        raise _Abort(
+            grpc.StatusCode.NOT_FOUND,
+            f"the records of node {node_id.hex()} ({names}) name no stoq/udp service",
+        )
+
     async def _establish(
-        self, peer_id: bytes, host: str, port: int
+        self,
+        peer_id: bytes,
+        hosts: str | Sequence[str],
+        port: int,
+        server_name: str | None = None,
     ) -> tuple[common_pb2.SecureChannel, tuple[str, int]]:
         try:
-            connection = await self._pool.get(host, port, peer_id=peer_id)
+            connection = await self._pool.get(hosts, port, peer_id=peer_id, server_name=server_name)
         except PeerRejected as exc:
-            where = _describe_address(host, port)
+            where = _describe_address(hosts, port) if isinstance(hosts, str) else f"port {port}"
             raise PeerRejected(f"the node at {where} is refused: {exc.reason}") from exc
         if self._owns_pool and connection not in self._serving:
             task = asyncio.create_task(serve_channel_exports(connection, self._registry))
