@@ -144,3 +144,18 @@ def stop_process(process: subprocess.Popen[Any], what: str) -> None:
         process.kill()
         process.wait()
         raise RuntimeError(f"{what} did not exit within 10 s of SIGTERM") from None
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of every core since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    hertz = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / hertz, sum(fields) / hertz

@@ -104,7 +104,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import MS, machine, ms, rate, stop_process, update_section
+from benchlib import MS, machine, machine_times, ms, process_cpu, rate, stop_process, update_section
 
 # This directory holds this script, dns.py, and stoq.py (the STOQ benchmark): first on sys.path,
 # they would shadow the dns (dnspython) and stoq packages. Drop it (benchlib is already imported).
@@ -238,21 +238,6 @@ def build_zone(count: int, work: Path) -> Zone:
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_times() -> tuple[float, float]:
-    """(busy, total) CPU seconds of every core since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    hertz = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - idle) / hertz, sum(fields) / hertz
 
 
 def free_port() -> int:

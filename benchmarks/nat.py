@@ -60,7 +60,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from benchlib import MS, Stats, machine, ms, stop_process, update_section
+from benchlib import (
+    MS,
+    Stats,
+    machine,
+    machine_times,
+    ms,
+    process_cpu,
+    stop_process,
+    update_section,
+)
 
 # This directory holds stoq.py (the STOQ benchmark): first on sys.path, it would shadow the
 # stoq package. Drop it (benchlib is already imported).
@@ -103,21 +112,6 @@ QUICK = Counts(seconds=0.5, repeats=1, allocations=60, in_flight=4)
 
 
 # --- processes ----------------------------------------------------------------------------------
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_times() -> tuple[float, float]:
-    """(busy, total) CPU seconds of every core since boot, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    hertz = os.sysconf("SC_CLK_TCK")
-    return (sum(fields) - idle) / hertz, sum(fields) / hertz
 
 
 def udp_drops(port: int) -> int:
