@@ -963,16 +963,21 @@ class PunchSession:
             self._pair_failed(pair)
             return
         if message.message_class == MessageClass.ERROR:
-            error = message.error()
-            if error is not None and error[0] == ROLE_CONFLICT:
-                self._switch_role()
-                pair.state = PairState.WAITING
-                self._triggered.appendleft(pair)
-                return
-            self.ignored.append(f"response from {format_address(source)}: error {error}")
-            self._pair_failed(pair)
+            self._error_response(pair, message, source)
             return
         self._succeeded(pair, message, source, now)
+
+    def _error_response(self, pair: CandidatePair, message: stun.Message, source: Address) -> None:
+        """An error answer to a check of ``pair``: a role conflict (487) switches roles and
+        checks the pair again first (RFC 8445 §7.2.5.1); any other error fails the pair."""
+        error = message.error()
+        if error is not None and error[0] == ROLE_CONFLICT:
+            self._switch_role()
+            pair.state = PairState.WAITING
+            self._triggered.appendleft(pair)
+            return
+        self.ignored.append(f"response from {format_address(source)}: error {error}")
+        self._pair_failed(pair)
 
     def _handle_spray_response(
         self,
@@ -1007,14 +1012,7 @@ class PunchSession:
         if pair.state in (PairState.IN_PROGRESS, PairState.SUCCEEDED):
             return  # the pair's own check decides (it may be a nomination)
         if message.message_class == MessageClass.ERROR:
-            error = message.error()
-            if error is not None and error[0] == ROLE_CONFLICT:
-                self._switch_role()
-                pair.state = PairState.WAITING
-                self._triggered.appendleft(pair)
-                return
-            self.ignored.append(f"response from {format_address(source)}: error {error}")
-            pair.state = PairState.FAILED
+            self._error_response(pair, message, source)
             return
         pair.sent = 1
         self._stats.pairs_tried.add(pair.key)
