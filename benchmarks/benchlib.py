@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 def rate(fn: Callable[[], object], seconds: float, repeats: int) -> float:
@@ -159,3 +159,12 @@ def machine_times() -> tuple[float, float]:
     idle = fields[3] + fields[4]  # idle + iowait
     hertz = os.sysconf("SC_CLK_TCK")
     return (sum(fields) - idle) / hertz, sum(fields) / hertz
+
+
+T = TypeVar("T")
+
+
+def median_by(items: Sequence[T], key: Callable[[T], float]) -> T:
+    """The median item by ``key`` (the lower one of an even count): a whole trial, not a mix."""
+    ordered = sorted(items, key=key)
+    return ordered[(len(ordered) - 1) // 2]

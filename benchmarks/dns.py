@@ -104,7 +104,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import MS, machine, machine_times, ms, process_cpu, rate, stop_process, update_section
+from benchlib import (
+    MS,
+    machine,
+    machine_times,
+    median_by,
+    ms,
+    process_cpu,
+    rate,
+    stop_process,
+    update_section,
+)
 
 # This directory holds this script, dns.py, and stoq.py (the STOQ benchmark): first on sys.path,
 # they would shadow the dns (dnspython) and stoq packages. Drop it (benchlib is already imported).
@@ -651,8 +661,7 @@ def core_cost(zone: Zone, counts: Counts) -> CoreCost:
 
 
 def median_trial(trials: Sequence[Trial]) -> Trial:
-    ordered = sorted(trials, key=lambda t: t.qps)
-    return ordered[(len(ordered) - 1) // 2]
+    return median_by(trials, lambda t: t.qps)
 
 
 # --- 2. resolver latency ------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from benchlib import (
     Stats,
     machine,
     machine_times,
+    median_by,
     ms,
     process_cpu,
     stop_process,
@@ -493,8 +494,7 @@ async def bench_throughput(
 
 
 def median_trial(trials: Sequence[Trial]) -> Trial:
-    ordered = sorted(trials, key=lambda t: t.mbit)
-    return ordered[(len(ordered) - 1) // 2]
+    return median_by(trials, lambda t: t.mbit)
 
 
 # --- allocations --------------------------------------------------------------------------------
